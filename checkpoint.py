@@ -1,0 +1,70 @@
+"""
+Checkpoints that survive kills and never run code on load.
+
+Saving writes a temp file, fsyncs it and renames it over out_dir/ckpt.pt, so a process killed at any moment
+leaves either the old or the new checkpoint, never a torn one. With keep_last > 1 the previous ones are kept
+as ckpt-<iter>.pt. Loading always uses torch.load(weights_only=True): a checkpoint is plain tensors and plain
+Python types, and a pickle that would run code is refused.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+CKPT_NAME = "ckpt.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state, out_dir, keep_last=1):
+    """Atomically write state to out_dir/ckpt.pt, keeping the keep_last newest checkpoints in all."""
+    out_dir = Path(out_dir)
+    final = out_dir / CKPT_NAME
+    tmp = out_dir / f".{CKPT_NAME}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_last > 1 and final.exists():
+        previous = torch.load(final, map_location="cpu", weights_only=True, mmap=True)["iter_num"]
+        os.replace(final, out_dir / f"ckpt-{previous:08d}.pt")
+    os.replace(tmp, final)
+    _fsync_dir(out_dir)
+    older = sorted(out_dir.glob("ckpt-*.pt"))  # zero-padded iterations: oldest first
+    for old in older[: len(older) - (keep_last - 1)]:
+        old.unlink()
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint safely; every failure is a CheckpointError that says what to do."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train one first, or point to the run's out_dir")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path} holds Python objects that could run code when loaded, so it was refused "
+                f"(only tensors and plain types are loaded). Load it only if you trust its source, and re-save "
+                f"its tensors with torch.save.") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}. "
+                              f"Older checkpoints, if kept: {sorted(p.name for p in path.parent.glob('ckpt-*.pt'))}") from None
+    missing = {"model", "model_args", "config", "iter_num"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
+    if missing:
+        raise CheckpointError(f"{path} is not an attnorm checkpoint (missing {sorted(missing)})")
+    return ckpt
+

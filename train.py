@@ -1,0 +1,448 @@
+"""
+Train a GPT whose attention normalizer is a config flag. nanoGPT's loop: one process, or DDP under torchrun.
+
+    python train.py config/shakespeare_char/cpu.py --attn_norm=softmax1
+    torchrun --standalone --nproc_per_node=8 train.py config/softmax1.py      (or ./run_training.sh)
+
+Settings come from the TrainConfig defaults, then config files (plain Python assignments), then --key=value
+overrides, in argument order. Every setting is saved in the checkpoint and logged to metrics.jsonl and wandb.
+"""
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import kernels
+from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
+
+
+class ConfigError(ValueError):
+    """A bad setting or bad data: train.py reports it in one line that says what to do, without a traceback."""
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def default_dtype():
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>-s<seed>
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    keep_checkpoints: int = 1  # keep this many newest checkpoints (ckpt.pt plus ckpt-<iter>.pt)
+    init_from: str = "auto"  # 'scratch', 'resume' (out_dir/ckpt.pt), or 'auto' (resume if one exists)
+    log_stats: bool = True  # kurtosis, outliers and attention statistics at every eval (see analysis/)
+    # wandb
+    wandb_log: bool = False
+    wandb_project: str = "attnorm"
+    wandb_run_name: str = ""  # empty: '<attn_norm>-s<seed>'
+    # data
+    dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
+    gradient_accumulation_steps: int = 40  # global: split across DDP ranks
+    batch_size: int = 12  # per micro-step and rank
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    attn_norm: str = "softmax"
+    attn_impl: str = "auto"
+    symax_eta: float = 1.0
+    symax_learn_eta: bool = False
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    max_nonfinite_steps: int = 10  # skip steps with a NaN/Inf loss or gradient; stop after this many in a row
+    # learning rate schedule: linear warmup, cosine decay to min_lr
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    seed: int = 1337
+    device: str = dataclasses.field(default_factory=default_device)  # cpu, cuda, cuda:1, mps
+    dtype: str = dataclasses.field(default_factory=default_dtype)  # float32, bfloat16, float16
+    compile: bool = True
+
+    def validate(self, world_size=1):
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size",
+                    "block_size", "n_layer", "n_head", "n_embd", "keep_checkpoints", "learning_rate")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        choices = {"init_from": ("scratch", "resume", "auto"), "dtype": ("float32", "bfloat16", "float16")}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device={self.device!r}: use cpu, cuda, cuda:N or mps")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is visible: use --device=cpu")
+        if self.gradient_accumulation_steps % world_size:
+            raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "
+                             f"multiple of the number of processes ({world_size})")
+        try:
+            self.model_config()  # checks the architecture (n_embd % n_head, attn_norm, ...)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def model_config(self, vocab_size=50304):
+        keys = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+        return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in keys})
+
+
+def parse_value(key, text, expected):
+    """'--key=value' text to the type of the TrainConfig field, with an error that names the key."""
+    if expected is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--{key}={text}: expected True or False")
+    if expected is str:
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{key}={text}: expected a {expected.__name__}") from None
+    return value
+
+
+def set_key(cfg, key, value, source):
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    if key not in fields:
+        close = difflib.get_close_matches(key, fields, n=1)
+        raise ConfigError(f"unknown config key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    expected = fields[key]
+    if isinstance(value, str) and expected is not str:
+        value = parse_value(key, value, expected)
+    if expected is float and type(value) is int:
+        value = float(value)
+    if type(value) is not expected:
+        raise ConfigError(f"{key} must be a {expected.__name__}, got {value!r} ({type(value).__name__}) in {source}")
+    setattr(cfg, key, value)
+
+
+def load_config(argv):
+    cfg = TrainConfig()
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            if not sep:
+                raise ConfigError(f"{arg}: overrides are written --key=value")
+            set_key(cfg, key, value, "the command line")
+        else:
+            if not Path(arg).is_file():
+                raise ConfigError(f"config file {arg} not found (config files live in config/)")
+            scope = {}
+            exec(compile(Path(arg).read_text(), arg, "exec"), scope)  # config files are plain assignments
+            for key, value in scope.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    set_key(cfg, key, value, arg)
+    return cfg
+
+
+def load_dataset(cfg):
+    """Check the prepared data once, up front, so a bad dataset fails before any compute is spent."""
+    data_dir = Path("data") / cfg.dataset
+    if not (data_dir / "meta.json").exists():
+        raise ConfigError(f"dataset {cfg.dataset!r} is not prepared (no {data_dir}/meta.json): run "
+                         f"python prepare_data.py {cfg.dataset}")
+    meta = json.loads((data_dir / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    data = {}
+    for split in ("train", "val"):
+        path = data_dir / f"{split}.bin"
+        size = path.stat().st_size if path.exists() else 0
+        if size % dtype.itemsize or size // dtype.itemsize != meta[f"{split}_tokens"]:
+            raise ConfigError(f"{path} holds {size} bytes, but meta.json promises {meta[f'{split}_tokens']} "
+                             f"{dtype} tokens: the data is incomplete, re-run python prepare_data.py "
+                             f"{cfg.dataset} --force")
+        data[split] = np.memmap(path, dtype=dtype, mode="r")
+        if len(data[split]) <= cfg.block_size:
+            raise ConfigError(f"{split} split has {len(data[split])} tokens, too few for one block of "
+                             f"block_size={cfg.block_size}+1: lower block_size or use more data")
+        # Token ids beyond the vocabulary would index past the embedding; check a prefix of big files.
+        if int(data[split][: 100_000_000].max()) >= meta["vocab_size"]:
+            raise ConfigError(f"{path} holds token ids >= vocab_size {meta['vocab_size']}: re-prepare the data")
+    return data, meta
+
+
+def main(argv):
+    cfg = load_config(argv)
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    cfg.validate(world_size)
+    cfg.out_dir = cfg.out_dir or f"out/{cfg.dataset}-{cfg.n_layer}x{cfg.n_embd}-{cfg.attn_norm}-s{cfg.seed}"
+    if ddp:
+        cfg.device = f"cuda:{os.environ['LOCAL_RANK']}" if cfg.device.startswith("cuda") else cfg.device
+        dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") else "gloo")
+        if cfg.device.startswith("cuda"):
+            torch.cuda.set_device(cfg.device)
+    rank = dist.get_rank() if ddp else 0
+    master = rank == 0
+    device_type = cfg.device.split(":")[0]
+    micro_steps = cfg.gradient_accumulation_steps // world_size
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    log = print if master else (lambda *a, **k: None)
+
+    data, meta = load_dataset(cfg)
+    out_dir = Path(cfg.out_dir)
+    if master:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror}): choose another --out_dir") from None
+        if not os.access(out_dir, os.W_OK):
+            raise ConfigError(f"out_dir {out_dir} is not writable: choose another --out_dir")
+
+    # ---- model and optimizer, from scratch or from the checkpoint in out_dir ----
+    ckpt_path = out_dir / CKPT_NAME
+    resume = cfg.init_from == "resume" or (cfg.init_from == "auto" and ckpt_path.exists())
+    if cfg.init_from == "resume" and not ckpt_path.exists():
+        raise ConfigError(f"init_from=resume but there is no {ckpt_path}: use init_from=scratch or auto")
+    if cfg.init_from == "scratch" and ckpt_path.exists():
+        raise ConfigError(f"{ckpt_path} exists and init_from=scratch would overwrite it: resume with "
+                         f"init_from=auto, or choose a new out_dir")
+    # The char vocab is used as is; GPT-2's 50257 is padded to 50304, a multiple of 64, for speed.
+    vocab_size = meta["vocab_size"] if meta["vocab_size"] < 50257 else 50304
+    model_config = cfg.model_config(vocab_size)
+    ckpt = load_checkpoint(ckpt_path) if resume else None
+    if ckpt is not None:
+        saved = ckpt["model_args"]
+        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(model_config).items()
+                   if k != "attn_impl" and saved.get(k) != v}
+        if changed:
+            raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
+                f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
+    model = GPT(model_config).to(cfg.device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: "
+        f"{kernels.describe(cfg.attn_norm, cfg.attn_impl, device_type, cfg.dropout)}")
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == "float16")
+    iter_num, best_val_loss = 0, float("inf")
+    # Training batches are drawn for the whole global batch from one generator shared by all ranks, so
+    # the run sees the same sequences whatever the number of processes; dropout RNG is per rank.
+    data_rng = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        data_rng.set_state(ckpt["data_rng"])
+        if len(ckpt["rng"]) == world_size:
+            torch.set_rng_state(ckpt["rng"][rank]["cpu"])
+            if "cuda" in ckpt["rng"][rank] and device_type == "cuda":
+                torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
+        log(f"resumed from {ckpt_path} at iter {iter_num}")
+        del ckpt
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    autocast = nullcontext() if cfg.dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
+
+    def get_batch(split, offsets):
+        x = torch.stack([torch.from_numpy(data[split][i:i + cfg.block_size].astype(np.int64)) for i in offsets])
+        y = torch.stack([torch.from_numpy(data[split][i + 1:i + 1 + cfg.block_size].astype(np.int64)) for i in offsets])
+        if device_type == "cuda":  # pinned memory lets the host-to-device copy overlap compute
+            return x.pin_memory().to(cfg.device, non_blocking=True), y.pin_memory().to(cfg.device, non_blocking=True)
+        return x.to(cfg.device), y.to(cfg.device)
+
+    def sample_offsets(split, n, generator):
+        return torch.randint(len(data[split]) - cfg.block_size, (n,), generator=generator).tolist()
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches per split; the same batches at every eval (own generator)."""
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)
+            losses = torch.zeros(cfg.eval_iters, device=cfg.device)
+            for k in range(cfg.eval_iters):
+                with autocast:
+                    losses[k] = model(*get_batch(split, sample_offsets(split, cfg.batch_size, rng)))[1]
+            loss = losses.mean()
+            if ddp:
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            out[split] = loss.item()
+        model.train()
+        return out
+
+    def get_lr(it):
+        if not cfg.decay_lr:
+            return cfg.learning_rate
+        if it < cfg.warmup_iters:
+            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        if it > cfg.lr_decay_iters:
+            return cfg.min_lr
+        ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+    def save():
+        rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if device_type == "cuda" else {})}
+        rngs = [rng] * world_size
+        if ddp:
+            dist.all_gather_object(rngs, rng)
+        if not master:
+            return
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise RuntimeError("parameters are not finite; refusing to overwrite the last good checkpoint")
+        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(model_config),
+                 "config": dataclasses.asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
+                 "data_rng": data_rng.get_state(), "rng": rngs, "meta": meta}
+        save_checkpoint(state, out_dir, cfg.keep_checkpoints)
+
+    metrics = open(out_dir / "metrics.jsonl", "a") if master else None
+    wandb = None
+    if cfg.wandb_log and master:
+        import wandb
+        run_name = cfg.wandb_run_name or f"{cfg.attn_norm}-s{cfg.seed}"
+        wandb.init(project=cfg.wandb_project, name=run_name, config=dataclasses.asdict(cfg), dir=str(out_dir),
+                   id=f"{run_name}-{hashlib.md5(str(out_dir.resolve()).encode()).hexdigest()[:8]}", resume="allow")
+
+    def record(event):
+        """One JSON line per log/eval event in out_dir/metrics.jsonl, and the same to wandb."""
+        event = {"iter": iter_num, "tokens": iter_num * tokens_per_iter, **event}
+        metrics.write(json.dumps(event) + "\n")
+        metrics.flush()
+        if wandb is not None:
+            wandb.log({k: v for k, v in event.items() if k not in ("event", "iter")}, step=iter_num)
+
+    if master:
+        record({"event": "resume" if resume else "start", "config": dataclasses.asdict(cfg),
+                "world_size": world_size, "attention": kernels.describe(cfg.attn_norm, cfg.attn_impl,
+                                                                        device_type, cfg.dropout)})
+    probe = None
+    if cfg.log_stats:
+        from analysis.stats import model_stats
+        probe = get_batch("val", range(0, min(len(data["val"]) - cfg.block_size - 1, 8 * cfg.block_size),
+                                       cfg.block_size))[0][:8]
+
+    # ---- the training loop ----
+    device_name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
+    nonfinite_in_a_row, t0, t0_iter = 0, time.time(), iter_num
+    while True:
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            losses = estimate_loss()
+            event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+            if probe is not None and master:
+                t_stats = time.time()
+                event.update(model_stats(raw_model, probe))
+                event["stats_s"] = time.time() - t_stats
+            log(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if master:
+                record(event)
+            if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > 0:
+                    save()
+            t0, t0_iter = time.time(), iter_num  # timings exclude evaluation and checkpointing
+        if iter_num >= cfg.max_iters or cfg.eval_only:
+            break
+
+        offsets = sample_offsets("train", cfg.gradient_accumulation_steps * cfg.batch_size, data_rng)
+        loss_sum = torch.zeros((), device=cfg.device)
+        for micro_step in range(micro_steps):
+            # This rank's share of the global batch: micro-batches rank, rank + world_size, ...
+            start = (micro_step * world_size + rank) * cfg.batch_size
+            X, Y = get_batch("train", offsets[start:start + cfg.batch_size])
+            # Gradients are all-reduced only on the last micro-step.
+            sync = nullcontext() if not ddp or micro_step == micro_steps - 1 else model.no_sync()
+            with sync, autocast:
+                loss = model(X, Y)[1] / micro_steps
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
+        if ddp:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if not (torch.isfinite(grad_norm) and torch.isfinite(loss_sum)) and not scaler.is_enabled():
+            # A NaN/Inf step would poison the weights (and every later checkpoint): skip it.
+            nonfinite_in_a_row += 1
+            log(f"iter {iter_num}: non-finite loss {loss_sum.item()} or grad norm {grad_norm.item()}; "
+                f"step skipped ({nonfinite_in_a_row} in a row)")
+            if master:
+                record({"event": "nonfinite", "loss": loss_sum.item(), "grad_norm": grad_norm.item()})
+            if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise RuntimeError(f"{nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: lower "
+                                   f"learning_rate, use dtype=bfloat16/float32, or check the data. The last "
+                                   f"good checkpoint in {out_dir} is untouched.")
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+            continue
+        nonfinite_in_a_row = 0
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+
+        if iter_num % cfg.log_interval == 0 and master:
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.time() - t0) / (iter_num - t0_iter)
+            t0, t0_iter = time.time(), iter_num
+            mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name)
+            record({"event": "train", "loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr,
+                    "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt, "mfu": mfu})
+            print(f"iter {iter_num}: loss {loss_sum.item():.4f}, {dt * 1000:.1f} ms, "
+                  f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
+
+    if master:
+        metrics.close()
+        if wandb is not None:
+            wandb.finish()
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
