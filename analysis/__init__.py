@@ -1,0 +1,75 @@
+"""
+Analysis of attnorm runs: outlier and attention statistics, perplexity, and the comparison report.
+
+    stats.py               model_stats(): kurtosis, outliers and attention sinks, logged by train.py at every eval
+    perplexity.py          exact perplexity / bits per character of a checkpoint over a whole split
+    report.py              report.md and plots comparing runs; kurtosis_curves.ipynb draws the same figures
+
+This module only reads files (no torch, no matplotlib), because train.py imports the package at startup.
+"""
+
+import json
+from pathlib import Path
+
+
+def _parse_line(line):
+    """One metrics.jsonl line as a dict, or None if it is blank or torn.
+
+    A process killed in the middle of a write leaves a partial line with no newline, and the resumed run then
+    appends its first record to that same line. train.py writes every record as {"iter": ..., ...}, so the
+    record after the torn part starts at the last '{"iter"' and is recovered from there.
+    """
+    line = line.strip()
+    for start in (0, line.rfind('{"iter"')):
+        if start < 0:
+            break
+        try:
+            record = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        return record if isinstance(record, dict) else None
+    return None
+
+
+def read_metrics(run_dir):
+    """A run directory's metrics.jsonl (and eval.json, if the perplexity tool wrote one) as a dict:
+
+        dir        the run directory (Path)
+        config     every TrainConfig key, from the last "start"/"resume" record
+        attention  which attention path the run took (train.py's description)
+        train, eval, nonfinite   lists of records, sorted by iter
+        eval_json  the contents of eval.json, or {}
+        label      "<attn_norm> s<seed>", the run's name in tables and legends
+
+    A run that crashed and resumed from its last checkpoint logs some iterations twice; the record written
+    last for each (event, iter) is the one kept, since it belongs to the run's surviving history.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run's out_dir?")
+    latest, start = {}, {}
+    with open(path) as f:
+        for line in f:
+            record = _parse_line(line)
+            if record is None or "event" not in record:
+                continue
+            if record["event"] in ("start", "resume"):
+                start = record
+            else:
+                latest[(record["event"], record.get("iter"))] = record
+    events = {}
+    for (event, _), record in sorted(latest.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+        events.setdefault(event, []).append(record)
+    eval_path = run_dir / "eval.json"
+    config = start.get("config", {})
+    return {
+        "dir": run_dir,
+        "config": config,
+        "attention": start.get("attention"),
+        "train": events.get("train", []),
+        "eval": events.get("eval", []),
+        "nonfinite": events.get("nonfinite", []),
+        "eval_json": json.loads(eval_path.read_text()) if eval_path.exists() else {},
+        "label": f"{config.get('attn_norm', '?')} s{config.get('seed', '?')}",
+    }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Train with one process per visible GPU (one process on a machine without one), through torchrun.
+#
+#   ./run_training.sh CONFIG [--key=value ...]
+#
+# The config and the overrides go to train.py untouched: this script never overrides the config.
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on every node.
+# NPROC overrides the number of processes per node; MAX_RESTARTS (default 3) is how often torchrun restarts
+# a failed group, which then resumes from the newest checkpoint in out_dir (train.py's init_from=auto).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+    echo "usage: ./run_training.sh CONFIG [--key=value ...]   (CONFIG is a file in config/, e.g. config/softmax1.py)" >&2
+    [ $# -ge 1 ] && echo "error: config file '$1' not found" >&2
+    exit 2
+fi
+
+# The dataset as train.py will resolve it; prepare it first when it can be prepared offline.
+dataset=$(python -c 'import sys, train; print(train.load_config(sys.argv[1:]).dataset)' "$@")
+if ! python -c 'import sys, prepare_data; sys.exit(not prepare_data.is_prepared(f"data/{sys.argv[1]}"))' "$dataset"; then
+    if python -c 'import sys, prepare_data; sys.exit(sys.argv[1] not in prepare_data.OFFLINE_DATASETS)' "$dataset"; then
+        python prepare_data.py "$dataset"
+    else
+        echo "error: dataset '$dataset' is not prepared: run  python prepare_data.py $dataset  first" >&2
+        exit 2
+    fi
+fi
+
+gpus=$(python -c 'import torch; print(torch.cuda.device_count())')
+nproc=${NPROC:-$(( gpus > 0 ? gpus : 1 ))}
+if [ "${NNODES:-1}" -gt 1 ]; then
+    rendezvous=(--nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" --rdzv-backend=c10d
+                --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}")
+else
+    rendezvous=(--standalone)
+fi
+exec torchrun "${rendezvous[@]}" --nproc_per_node="$nproc" --max-restarts="${MAX_RESTARTS:-3}" train.py "$@"
