@@ -8,6 +8,7 @@ Python types, and a pickle that would run code is refused.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ def save_checkpoint(state, out_dir, keep_last=1):
     """Atomically write state to out_dir/ckpt.pt, keeping the keep_last newest checkpoints in all."""
     out_dir = Path(out_dir)
     final = out_dir / CKPT_NAME
+    # Temp files of a save that was killed midway (one process saves into an out_dir): never loaded, delete.
+    for stale in out_dir.glob(".ckpt*.tmp-*"):
+        stale.unlink(missing_ok=True)
     tmp = out_dir / f".{CKPT_NAME}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -38,7 +42,16 @@ def save_checkpoint(state, out_dir, keep_last=1):
         os.fsync(f.fileno())
     if keep_last > 1 and final.exists():
         previous = torch.load(final, map_location="cpu", weights_only=True, mmap=True)["iter_num"]
-        os.replace(final, out_dir / f"ckpt-{previous:08d}.pt")
+        if previous != state.get("iter_num"):  # a resumed run re-saves its first iteration: not a new one
+            # A second name for the previous checkpoint (a hard link, a copy where links are unsupported),
+            # so that ckpt.pt itself never disappears: moving it aside would leave a moment without one.
+            kept = out_dir / f"ckpt-{previous:08d}.pt"
+            link_tmp = out_dir / f".{kept.name}.tmp-{os.getpid()}"
+            try:
+                os.link(final, link_tmp)
+            except OSError:
+                shutil.copyfile(final, link_tmp)
+            os.replace(link_tmp, kept)
     os.replace(tmp, final)
     _fsync_dir(out_dir)
     older = sorted(out_dir.glob("ckpt-*.pt"))  # zero-padded iterations: oldest first
@@ -61,8 +74,11 @@ def load_checkpoint(path, map_location="cpu"):
                 f"{path} holds Python objects that could run code when loaded, so it was refused "
                 f"(only tensors and plain types are loaded). Load it only if you trust its source, and re-save "
                 f"its tensors with torch.save.") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}. "
-                              f"Older checkpoints, if kept: {sorted(p.name for p in path.parent.glob('ckpt-*.pt'))}") from None
+        older = sorted(p.name for p in path.parent.glob("ckpt-*.pt"))
+        fix = (f"to resume from the newest older checkpoint, copy {older[-1]} over it" if older else
+               "move it away to start over, or use another out_dir")
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{str(e).strip().rstrip('.') or type(e).__name__}. Fix: {fix}") from None
     missing = {"model", "model_args", "config", "iter_num"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
     if missing:
         raise CheckpointError(f"{path} is not an attnorm checkpoint (missing {sorted(missing)})")

@@ -59,11 +59,12 @@ ATTN_NORMS = {
 def reference_attention(q, k, v, weights_fn, dropout_p=0.0, **norm_args):
     """Exact causal attention that materialises the T×T weights, in fp32 whatever the autocast dtype."""
     T = q.size(-2)
+    dt = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16/fp32; float64 stays float64
     with torch.autocast(q.device.type, enabled=False):
-        s = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+        s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(q.size(-1))
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         p = F.dropout(weights_fn(s, mask, **norm_args), dropout_p)
-        return (p @ v.float()).to(v.dtype)
+        return (p @ v.to(dt)).to(v.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,12 +205,13 @@ class DiffAttention(CausalSelfAttention):
 def reference_diff_attention(q, k, v, lam, dropout_p=0.0):
     """(softmax(Q1K1ᵀ) − λ·softmax(Q2K2ᵀ)) V per head, from the interleaved sub-heads of q and k."""
     B, H, T, d = q.shape
+    dt = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16/fp32; float64 stays float64
     with torch.autocast(q.device.type, enabled=False):
-        s = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(d)
+        s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(d)
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         a = softmax_weights(s, mask).view(B, H // 2, 2, T, T)
         p = F.dropout(a[:, :, 0] - lam * a[:, :, 1], dropout_p)
-        return (p @ v.float()).to(v.dtype)
+        return (p @ v.to(dt)).to(v.dtype)
 
 
 class MLP(nn.Module):

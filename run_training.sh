@@ -11,13 +11,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+    if [ $# -lt 1 ]; then echo "error: no config file given" >&2; else echo "error: config file '$1' not found" >&2; fi
     echo "usage: ./run_training.sh CONFIG [--key=value ...]   (CONFIG is a file in config/, e.g. config/softmax1.py)" >&2
-    [ $# -ge 1 ] && echo "error: config file '$1' not found" >&2
     exit 2
 fi
 
 # The dataset as train.py will resolve it; prepare it first when it can be prepared offline.
-dataset=$(python -c 'import sys, train; print(train.load_config(sys.argv[1:]).dataset)' "$@")
+# A bad config or override stops here with train.py's one-line error. The same call counts the GPUs.
+resolved=$(python -c '
+import sys, torch, train
+try:
+    print(torch.cuda.device_count(), train.load_config(sys.argv[1:]).dataset)
+except train.ConfigError as e:
+    sys.exit(f"error: {e}")' "$@" | tail -n 1)
+gpus=${resolved%% *}
+dataset=${resolved#* }
 if ! python -c 'import sys, prepare_data; sys.exit(not prepare_data.is_prepared(f"data/{sys.argv[1]}"))' "$dataset"; then
     if python -c 'import sys, prepare_data; sys.exit(sys.argv[1] not in prepare_data.OFFLINE_DATASETS)' "$dataset"; then
         python prepare_data.py "$dataset"
@@ -27,7 +35,6 @@ if ! python -c 'import sys, prepare_data; sys.exit(not prepare_data.is_prepared(
     fi
 fi
 
-gpus=$(python -c 'import torch; print(torch.cuda.device_count())')
 nproc=${NPROC:-$(( gpus > 0 ? gpus : 1 ))}
 if [ "${NNODES:-1}" -gt 1 ]; then
     rendezvous=(--nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" --rdzv-backend=c10d
@@ -35,4 +42,7 @@ if [ "${NNODES:-1}" -gt 1 ]; then
 else
     rendezvous=(--standalone)
 fi
+# torchrun shares its rendezvous TCPStore with the workers by default; a restarted group then reads the previous
+# group's gloo/NCCL addresses from it and cannot connect (pytorch/pytorch#135712). Each group gets its own store.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec torchrun "${rendezvous[@]}" --nproc_per_node="$nproc" --max-restarts="${MAX_RESTARTS:-3}" train.py "$@"

@@ -45,7 +45,8 @@ def main(argv=None):
         parser.error("num_samples, max_new_tokens and top_k must be >= 1 and temperature > 0")
 
     ckpt = load_checkpoint(args.out_dir)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+    # attn_impl='auto': the training run's 'fused' may not exist on this device (e.g. symax's Triton kernel on CPU)
+    model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
     model.load_state_dict(ckpt["model"])
     model.eval().to(args.device)
     encode, decode = load_tokenizer(ckpt["meta"])

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ from model import GPT, GPTConfig
 
 class ConfigError(ValueError):
     """A bad setting or bad data: train.py reports it in one line that says what to do, without a traceback."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a loss that stays NaN/Inf): reported like ConfigError, in one line."""
 
 
 def default_device():
@@ -121,6 +126,13 @@ class TrainConfig:
             self.model_config()  # checks the architecture (n_embd % n_head, attn_norm, ...)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        reason = kernels.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.dropout)
+        if self.attn_impl == "fused" and reason:
+            raise ConfigError(f"attn_impl=fused cannot run attn_norm={self.attn_norm} on {self.device}: {reason}. "
+                             f"Use attn_impl=auto (the reference where no fused kernel runs) or reference")
 
     def model_config(self, vocab_size=50304):
         keys = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
@@ -150,7 +162,7 @@ def set_key(cfg, key, value, source):
         close = difflib.get_close_matches(key, fields, n=1)
         raise ConfigError(f"unknown config key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
     expected = fields[key]
-    if isinstance(value, str) and expected is not str:
+    if isinstance(value, str) and expected is not str and source == "the command line":  # config files are typed
         value = parse_value(key, value, expected)
     if expected is float and type(value) is int:
         value = float(value)
@@ -171,7 +183,14 @@ def load_config(argv):
             if not Path(arg).is_file():
                 raise ConfigError(f"config file {arg} not found (config files live in config/)")
             scope = {}
-            exec(compile(Path(arg).read_text(), arg, "exec"), scope)  # config files are plain assignments
+            try:
+                exec(compile(Path(arg).read_text(), arg, "exec"), scope)  # config files are plain assignments
+            except Exception as e:  # a typo in a config file: name the file and line, not a traceback
+                lines = [e.lineno] if isinstance(e, SyntaxError) else [
+                    f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == arg]
+                raise ConfigError(f"config file {arg}" + (f", line {lines[-1]}" if lines else "") + f": "
+                                 f"{type(e).__name__}: {e}. Config files hold plain assignments such as "
+                                 f"n_layer = 6") from None
             for key, value in scope.items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
                     set_key(cfg, key, value, arg)
@@ -184,23 +203,36 @@ def load_dataset(cfg):
     if not (data_dir / "meta.json").exists():
         raise ConfigError(f"dataset {cfg.dataset!r} is not prepared (no {data_dir}/meta.json): run "
                          f"python prepare_data.py {cfg.dataset}")
-    meta = json.loads((data_dir / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
+    redo = f"re-run python prepare_data.py {cfg.dataset} --force"
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        vocab_size, counts = meta["vocab_size"], {s: meta[f"{s}_tokens"] for s in ("train", "val")}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): {redo}") from None
+    if any(type(n) is not int or n < 0 for n in counts.values()):
+        raise ConfigError(f"{data_dir}/meta.json: token counts {counts} are not counts: {redo}")
+    if dtype.kind != "u" or type(vocab_size) is not int or not 0 < vocab_size <= np.iinfo(dtype).max + 1:
+        raise ConfigError(f"{data_dir}/meta.json: vocab_size {vocab_size!r} does not fit token dtype {dtype}: "
+                         f"{redo}")
+    if meta.get("tokenizer") == "char" and len(meta.get("chars", "")) != vocab_size:
+        raise ConfigError(f"{data_dir}/meta.json lists {len(meta.get('chars', ''))} characters but vocab_size "
+                         f"{vocab_size}: {redo}")
     data = {}
     for split in ("train", "val"):
         path = data_dir / f"{split}.bin"
         size = path.stat().st_size if path.exists() else 0
-        if size % dtype.itemsize or size // dtype.itemsize != meta[f"{split}_tokens"]:
-            raise ConfigError(f"{path} holds {size} bytes, but meta.json promises {meta[f'{split}_tokens']} "
-                             f"{dtype} tokens: the data is incomplete, re-run python prepare_data.py "
-                             f"{cfg.dataset} --force")
-        data[split] = np.memmap(path, dtype=dtype, mode="r")
-        if len(data[split]) <= cfg.block_size:
-            raise ConfigError(f"{split} split has {len(data[split])} tokens, too few for one block of "
+        if size % dtype.itemsize or size // dtype.itemsize != counts[split]:
+            raise ConfigError(f"{path} holds {size} bytes, but meta.json promises {counts[split]} {dtype} tokens "
+                             f"({counts[split] * dtype.itemsize} bytes): the data is incomplete or damaged, {redo}")
+        if counts[split] <= cfg.block_size:
+            raise ConfigError(f"{split} split has {counts[split]} tokens, too few for one block of "
                              f"block_size={cfg.block_size}+1: lower block_size or use more data")
+        data[split] = np.memmap(path, dtype=dtype, mode="r")
         # Token ids beyond the vocabulary would index past the embedding; check a prefix of big files.
-        if int(data[split][: 100_000_000].max()) >= meta["vocab_size"]:
-            raise ConfigError(f"{path} holds token ids >= vocab_size {meta['vocab_size']}: re-prepare the data")
+        if int(data[split][: 100_000_000].max()) >= vocab_size:
+            raise ConfigError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
+                             f"match its meta.json, {redo}")
     return data, meta
 
 
@@ -234,6 +266,10 @@ def main(argv):
 
     # ---- model and optimizer, from scratch or from the checkpoint in out_dir ----
     ckpt_path = out_dir / CKPT_NAME
+    kept = sorted(p.name for p in out_dir.glob("ckpt-*.pt"))
+    if kept and not ckpt_path.exists():  # a fresh run would prune them (keep_checkpoints): never lose them
+        raise ConfigError(f"{out_dir} holds older checkpoints ({', '.join(kept)}) but no {CKPT_NAME}: copy the one "
+                         f"to resume from to {ckpt_path}, or choose a new out_dir")
     resume = cfg.init_from == "resume" or (cfg.init_from == "auto" and ckpt_path.exists())
     if cfg.init_from == "resume" and not ckpt_path.exists():
         raise ConfigError(f"init_from=resume but there is no {ckpt_path}: use init_from=scratch or auto")
@@ -251,6 +287,7 @@ def main(argv):
         if changed:
             raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
                 f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone (two runs start identical)
     model = GPT(model_config).to(cfg.device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -328,7 +365,8 @@ def main(argv):
         if not master:
             return
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise RuntimeError("parameters are not finite; refusing to overwrite the last good checkpoint")
+            raise TrainingError(f"parameters are not finite at iter {iter_num}; refusing to overwrite the last good "
+                                f"checkpoint in {out_dir}: resume from it with a lower learning_rate")
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(model_config),
                  "config": dataclasses.asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
@@ -408,11 +446,12 @@ def main(argv):
             log(f"iter {iter_num}: non-finite loss {loss_sum.item()} or grad norm {grad_norm.item()}; "
                 f"step skipped ({nonfinite_in_a_row} in a row)")
             if master:
-                record({"event": "nonfinite", "loss": loss_sum.item(), "grad_norm": grad_norm.item()})
+                record({"event": "nonfinite", "loss": loss_sum.item(), "grad_norm": grad_norm.item(),
+                        "in_a_row": nonfinite_in_a_row})
             if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                raise RuntimeError(f"{nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: lower "
-                                   f"learning_rate, use dtype=bfloat16/float32, or check the data. The last "
-                                   f"good checkpoint in {out_dir} is untouched.")
+                raise TrainingError(f"{nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: lower "
+                                    f"learning_rate, use dtype=bfloat16/float32, or check the data. The last "
+                                    f"good checkpoint in {out_dir} is untouched.")
             optimizer.zero_grad(set_to_none=True)
             iter_num += 1
             continue
@@ -438,11 +477,12 @@ def main(argv):
         if wandb is not None:
             wandb.finish()
     if ddp:
+        dist.barrier()  # no rank tears the group down while rank 0 still writes the final checkpoint
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, TrainingError) as e:
         sys.exit(f"error: {e}")

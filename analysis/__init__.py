@@ -11,6 +11,9 @@ This module only reads files (no torch, no matplotlib), because train.py imports
 import json
 from pathlib import Path
 
+# The activation points model_stats taps in every block, in the order they occur in the residual stream.
+POINTS = ("attn_out", "attn_branch", "mlp_hidden", "mlp_out", "resid")
+
 
 def _parse_line(line):
     """One metrics.jsonl line as a dict, or None if it is blank or torn.
@@ -57,9 +60,9 @@ def read_metrics(run_dir):
             if record["event"] in ("start", "resume"):
                 start = record
             else:
-                latest[(record["event"], record.get("iter"))] = record
+                latest[(record["event"], record["iter"])] = record
     events = {}
-    for (event, _), record in sorted(latest.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
+    for (event, _), record in sorted(latest.items(), key=lambda item: item[0]):
         events.setdefault(event, []).append(record)
     eval_path = run_dir / "eval.json"
     config = start.get("config", {})

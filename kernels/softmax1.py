@@ -6,7 +6,8 @@ With O and LSE = log Σ_j exp(s_j) from causal softmax attention, the virtual ze
     O₁ = O · e^LSE / (1 + e^LSE) = O · σ(LSE)        LSE₁ = log(1 + e^LSE) = softplus(LSE)
 
 and P₁ = exp(S − LSE₁) are the softmax1 weights, so the ordinary flash backward handed (O₁, LSE₁) recomputes
-P₁ and returns the exact softmax1 gradients (dS = P₁ ∘ (dP − rowsum(dO ∘ O₁))). Nothing T×T is materialised.
+P₁ and returns the exact softmax1 gradients (dS = P₁ ∘ (dP − rowsum(dO ∘ O₁))). Nothing T×T is
+materialised.
 
 The forward/backward pairs are aten's own attention ops that expose the LSE: the CPU flash kernel, FlashAttention-2
 on CUDA for fp16/bf16 with head_dim ≤ 256, and the memory-efficient kernel on CUDA otherwise (fp32).
@@ -54,7 +55,8 @@ class CUDAEfficient:
 
     @staticmethod
     def forward(q, k, v, scale):
-        out, lse, seed, offset = aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, True, scale=scale)
+        out, lse, seed, offset = aten._scaled_dot_product_efficient_attention(
+            q, k, v, None, True, 0.0, True, scale=scale)
         return out, lse, (seed, offset)
 
     @staticmethod
@@ -66,6 +68,7 @@ class CUDAEfficient:
 
 
 def backend(q):
+    """The aten pair that computes the LSE for q's device, dtype and head_dim."""
     if q.device.type == "cpu":
         return CPUFlash
     if q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256:
@@ -89,15 +92,17 @@ class Softmax1Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, out1, lse1 = ctx.saved_tensors
-        dq, dk, dv = ctx.ops.backward(do.contiguous(), q, k, v, out1, lse1, ctx.extra, ctx.scale)
+        do = do if do.stride(-1) == 1 else do.contiguous()  # the CUDA kernels need a unit-stride head_dim
+        dq, dk, dv = ctx.ops.backward(do, q, k, v, out1, lse1, ctx.extra, ctx.scale)
         return dq, dk, dv, None, None
 
 
 def softmax1_attention(q, k, v):
     """Causal softmax1 attention of q, k, v (B, H, T, d) with scale 1/√d."""
     d = q.size(-1)
-    # The CUDA kernels' backward wants head_dim % 8 == 0. Zero columns change no score and no output, so pad
-    # (on every device, so that this path is the one the CPU tests cover) and slice the padding off again.
-    pad = -d % 8
-    q, k, v = (F.pad(x, (0, pad)) for x in (q, k, v))
+    # The CUDA kernels' backward wants head_dim % 8 == 0. Zero columns change no score and no output, so pad and
+    # slice the padding off again; on every device, although the CPU kernel does not need it, so that the CPU
+    # tests cover the padding too.
+    if d % 8:
+        q, k, v = (F.pad(x, (0, -d % 8)) for x in (q, k, v))
     return Softmax1Attention.apply(q, k, v, d**-0.5, backend(q))[..., :d]

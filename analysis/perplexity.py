@@ -1,0 +1,151 @@
+"""
+Exact perplexity of a checkpoint over a whole split (train.py's val loss is an estimate from random batches).
+
+    python -m analysis.perplexity OUT_DIR [--split val] [--batch_size N] [--stride S] [--device D]
+    torchrun --standalone --nproc_per_node=8 -m analysis.perplexity OUT_DIR      (windows sharded over ranks)
+
+Every token of the split but the first is scored exactly once. By default the windows are block_size long
+and score all their tokens (the last window is moved back to end at the split's end, and scores only the
+tokens not scored yet); with --stride S < block_size they slide by S and score only their last S tokens, so
+that every token is predicted with at least block_size - S tokens of context (lower perplexity, more compute).
+
+Writes {split}_loss (mean NLL in nats per token), {split}_ppl, tokens (the number scored), bpc (bits per
+character of the scored text: NLL / ln 2 per character; for GPT-2 BPE the characters of the decoded text),
+split, stride, block_size and iter (the checkpoint's) into OUT_DIR/eval.json, keeping the keys other tools
+wrote there, and prints them.
+"""
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+
+def windows(n_tokens, block_size, stride=None):
+    """(begins, n_new, T): window i reads tokens[begins[i] : begins[i] + T + 1] and scores its last n_new[i]
+    predictions, so that together the windows predict each of tokens[1:] once."""
+    T = min(block_size, n_tokens - 1)
+    stride = stride or T
+    if not 0 < stride <= T:
+        raise ValueError(f"stride must be in [1, block_size={T}], got {stride}")
+    ends = np.append(np.arange(T, n_tokens - 1, stride), n_tokens - 1)  # end of each window's predictions
+    return ends - T, np.diff(ends, prepend=0), T
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, tokens, block_size, batch_size, device, stride=None, progress=True):
+    """Mean NLL (nats/token) and perplexity of model over tokens[1:], each predicted from its window.
+
+    model(x, targets) must return (logits, mean loss over the targets that are not -1), as GPT does; any
+    wrapper of it (a fake-quantized model, say) works. tokens is a 1-D integer array (a np.memmap is fine: a
+    batch is read at a time). Under torch.distributed the windows are split over the ranks and the sums
+    all-reduced, so every rank returns the total. Returns {"loss", "ppl", "tokens", "nll_sum"}.
+    """
+    begins, n_new, T = windows(len(tokens), block_size, stride)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    begins, n_new = begins[rank::world], n_new[rank::world]
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL sum, tokens scored
+    offsets = np.arange(T + 1)
+    bar = tqdm(total=int(n_new.sum()), unit="tok", unit_scale=True, disable=not progress or rank != 0)
+    for i in range(0, len(begins), batch_size):
+        chunk = torch.from_numpy(tokens[begins[i:i + batch_size, None] + offsets].astype(np.int64)).to(device)
+        x, y = chunk[:, :-1], chunk[:, 1:].clone()
+        new = torch.from_numpy(n_new[i:i + batch_size]).to(device)
+        y[torch.arange(T, device=device) < T - new[:, None]] = -1  # already scored by an earlier window
+        count = (y != -1).sum()
+        sums += torch.stack([model(x, y)[1].double() * count, count.double()])
+        bar.update(int(n_new[i:i + batch_size].sum()))
+    bar.close()
+    model.train(was_training)
+    if world > 1:
+        dist.all_reduce(sums)
+    nll_sum, count = sums.tolist()
+    return {"loss": nll_sum / count, "ppl": math.exp(nll_sum / count), "tokens": int(count), "nll_sum": nll_sum}
+
+
+def bits_per_char(nll_sum, tokens, meta):
+    """Bits per character of tokens[1:] (what evaluate_perplexity scores), or None for an unknown tokenizer."""
+    if meta["tokenizer"] == "char":
+        n_chars = len(tokens) - 1
+    elif meta["tokenizer"] == "gpt2":
+        from prepare_data import load_tokenizer
+        n_chars = len(load_tokenizer(meta)[1](tokens[1:]))
+    else:
+        return None
+    return nll_sum / math.log(2) / n_chars
+
+
+def update_json(path, values):
+    """Merge values into the JSON object at path, atomically: readers see the old file or the new one."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(values)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return data
+
+
+def load_model(out_dir, device):
+    """The GPT in out_dir/ckpt.pt, on device, and the checkpoint dict (config, meta, iter_num, ...)."""
+    from checkpoint import load_checkpoint
+    from model import GPT, GPTConfig
+    ckpt = load_checkpoint(out_dir)
+    # attn_impl="fused" may name a GPU kernel; "auto" computes the same function on whatever device this is.
+    model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
+    model.load_state_dict(ckpt.pop("model"))
+    return model.to(device), ckpt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", help="a training run's out_dir (holding ckpt.pt)")
+    p.add_argument("--split", default="val", choices=("val", "train"))
+    p.add_argument("--batch_size", type=int, help="windows per forward pass (default: the run's batch_size)")
+    p.add_argument("--stride", type=int, help="slide windows by this many tokens (default: block_size)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data_dir", help="default: data/<the run's dataset>")
+    args = p.parse_args(argv)
+
+    from checkpoint import CheckpointError
+    from prepare_data import load_meta
+    device, ddp = args.device, "RANK" in os.environ
+    if ddp:  # torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        model, ckpt = load_model(args.out_dir, device)
+        data_dir = Path(args.data_dir or Path("data") / ckpt["config"]["dataset"])
+        meta = load_meta(data_dir)
+        if meta["vocab_size"] != ckpt["meta"]["vocab_size"]:
+            raise ValueError(f"{data_dir} has vocab_size {meta['vocab_size']}, but the checkpoint was trained on "
+                             f"{ckpt['meta']['vocab_size']}: point --data_dir at the run's dataset")
+        tokens = np.memmap(data_dir / f"{args.split}.bin", dtype=meta["dtype"], mode="r")
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    block_size = ckpt["model_args"]["block_size"]
+    result = evaluate_perplexity(model, tokens, block_size, args.batch_size or ckpt["config"]["batch_size"], device,
+                                 args.stride)
+    if not ddp or dist.get_rank() == 0:
+        values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],
+                  "tokens": result["tokens"], "bpc": bits_per_char(result["nll_sum"], tokens, meta),
+                  "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
+                  "iter": ckpt["iter_num"]}
+        update_json(Path(args.out_dir) / "eval.json", values)
+        print(json.dumps(values, indent=2))
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""
+Compare training runs: a markdown table and plots of loss, kurtosis, outliers and attention sinks.
+
+    python -m analysis.report out/shakespeare_char-4x128-softmax-s1337 out/*-softmax1-* [--out report]
+
+Reads each run's metrics.jsonl (the statistics train.py logs at every eval, see analysis/stats.py) and the
+eval.json that analysis.perplexity writes, if there is one, and writes OUT/report.md with the PNGs it shows.
+analysis/kurtosis_curves.ipynb draws the same figures from the same functions.
+"""
+
+import argparse
+import math
+import re
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from analysis import POINTS, read_metrics
+
+# What each statistic is, for titles and the report's legend (analysis/stats.py has the formulas).
+DESCRIPTIONS = {
+    "weight_kurtosis": "weight kurtosis: Fisher excess over the whole matrix (normal = 0)",
+    "act_kurtosis_tensor": "activation kurtosis, whole tensor: Fisher excess over all B·T·C values (normal = 0)",
+    "act_kurtosis_sample": "activation kurtosis per sequence: Pearson, unbiased std, mean over sequences "
+                           "(Bondarenko et al. 2023; normal = 3)",
+    "act_kurtosis_token": "activation kurtosis per token across channels: Pearson, mean over tokens "
+                          "(Kaul et al. 2025; normal = 3)",
+    "act_absmax": "max |activation|",
+    "act_top10": "10th largest |activation|",
+    "act_top100": "100th largest |activation|",
+    "act_median": "median |activation|",
+    "attn_sink": "attention sink: mean weight on the first token",
+    "attn_quiet": "quiet mass: 1 − Σ weights (softmax: 0; diff: λ)",
+    "attn_entropy": "attention entropy in nats, of |weights| renormalised to sum 1",
+}
+KURTOSIS = ("weight_kurtosis", "act_kurtosis_tensor", "act_kurtosis_sample", "act_kurtosis_token")
+MAGNITUDES = ("act_absmax", "act_top10", "act_top100", "act_median")
+ATTENTION = ("attn_sink", "attn_quiet", "attn_entropy")
+SHORT = {"weight_kurtosis": "weight kurtosis", "act_kurtosis_tensor": "kurtosis: tensor",
+         "act_kurtosis_sample": "kurtosis: sample", "act_kurtosis_token": "kurtosis: token", "act_absmax": "max |x|",
+         "act_top10": "10th largest |x|", "act_top100": "100th largest |x|", "act_median": "median |x|",
+         "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)"}
+NORM_COLORS = {"softmax": "tab:blue", "softmax1": "tab:orange", "symax": "tab:green", "diff": "tab:red"}
+SEED_STYLES = ("-", "--", ":", "-.")
+LEGEND_COLUMNS = 6
+
+
+def load_runs(run_dirs):
+    """read_metrics() of each run directory, labels made unique (the directory name is added to repeats)."""
+    runs = [read_metrics(d) for d in run_dirs]
+    labels = [r["label"] for r in runs]
+    for run in runs:
+        if labels.count(run["label"]) > 1:
+            run["label"] += f" ({run['dir'].name})"
+    return runs
+
+
+# ---- reading the statistics out of the eval records ---------------------------------------------------------
+
+
+def split_name(name):
+    """'h.3.mlp_hidden' -> (3, 'mlp_hidden'); 'h.3' -> (3, ''); 'wte' -> (None, 'wte')."""
+    m = re.fullmatch(r"h\.(\d+)(?:\.(.+))?", name)
+    return (int(m.group(1)), m.group(2) or "") if m else (None, name)
+
+
+def names(runs, group):
+    """The statistic names under group ('h.0.attn_out', ..., 'wte') across runs, in logging order."""
+    keys = {}
+    for run in runs:
+        for record in run["eval"]:
+            keys.update(dict.fromkeys(record))
+    return [key[len(group) + 1:] for key in keys if key.startswith(group + "/")]
+
+
+def series(run, key):
+    """(iters, values) of one statistic over a run's evals."""
+    points = [(r["iter"], r[key]) for r in run["eval"] if key in r]
+    return [i for i, _ in points], [v for _, v in points]
+
+
+def final(run, key):
+    """A statistic at the run's last eval that logged it (NaN if none did)."""
+    values = series(run, key)[1]
+    return values[-1] if values else math.nan
+
+
+def _layout(runs, group):
+    """The per-layer names of group as {part: {layer: name}} ('' is the part of attention's per-layer keys),
+    and the names outside any layer (wte, wpe)."""
+    parts, other = {}, []
+    for name in names(runs, group):
+        layer, part = split_name(name)
+        if layer is None:
+            other.append(name)
+        else:
+            parts.setdefault(part, {})[layer] = name
+    order = {p: i for i, p in enumerate(POINTS)}  # the residual stream's order, not the hooks' firing order
+    return dict(sorted(parts.items(), key=lambda kv: order.get(kv[0], -1))), other
+
+
+# ---- figures ----------------------------------------------------------------------------------------------
+
+
+def _style(runs):
+    """Line style per run: the color names the attn_norm, the dash the seed."""
+    seen, styles = {}, {}
+    for run in runs:
+        norm = run["config"].get("attn_norm")
+        styles[run["label"]] = {"color": NORM_COLORS.get(norm), "linestyle": SEED_STYLES[seen.get(norm, 0) % 4]}
+        seen[norm] = seen.get(norm, 0) + 1
+    return styles
+
+
+def _figure(runs, nrows, ncols, cell_w, cell_h, title, **subplots_kw):
+    """A Figure with a grid of axes, the title on top and room for the runs' legend below. The margins are
+    fixed in inches: matplotlib's layout engines would cost seconds per figure."""
+    legend_rows = math.ceil(len(runs) / LEGEND_COLUMNS)
+    left, right, top, bottom = 0.9, 0.25, 0.8, 0.65 + 0.25 * legend_rows
+    w, h = ncols * cell_w + left + right, nrows * cell_h + top + bottom
+    fig = Figure(figsize=(w, h))
+    fig.suptitle(title, y=1 - 0.1 / h, va="top", wrap=True)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots_kw, gridspec_kw=dict(
+        left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=0.3, hspace=0.5))
+    return fig, axes
+
+
+def _finish(fig, axes, runs, styles, marker=None):
+    """Hide empty axes, label the x axis under each column's lowest plot, and add the legend."""
+    for col in axes.T:
+        used = [ax for ax in col if ax.lines]
+        for ax in col:
+            if not ax.lines:
+                ax.axis("off")
+        if used:  # shared x axes show tick labels only on the last row, which may be empty in this column
+            used[-1].xaxis.set_tick_params(labelbottom=True)
+    handles = [Line2D([], [], marker=marker, **styles[r["label"]]) for r in runs]
+    fig.legend(handles, [r["label"] for r in runs], loc="lower center", ncol=min(len(runs), LEGEND_COLUMNS),
+               frameon=False)
+
+
+def _scale(ax, values):
+    """Log scale where positive values span two decades or more; symlog where signed ones reach 100."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    if lo > 0 and hi >= 100 * lo:
+        ax.set_yscale("log")
+    elif max(-lo, hi) >= 100:
+        ax.set_yscale("symlog", linthresh=1)
+
+
+def fig_loss(runs, title="Loss"):
+    """Train and val loss over iterations, a color per run."""
+    fig, axes = _figure(runs, 1, 1, 7, 3.5, title)
+    ax, styles = axes[0, 0], _style(runs)
+    for run in runs:
+        style = styles[run["label"]]
+        ax.plot([r["iter"] for r in run["train"]], [r["loss"] for r in run["train"]], alpha=0.4, lw=1, **style)
+        ax.plot(*series(run, "val_loss"), marker="o", ms=3, **style)
+    ax.set(xlabel="iteration", ylabel="loss (nats/token)")
+    ax.grid(alpha=0.3)
+    _finish(fig, axes, runs, styles)
+    return fig
+
+
+def fig_curves(runs, groups, title=None):
+    """Statistics over training: a row per activation point or matrix (per group for attention), a column per
+    layer, a line per run; the matrices outside the layers (wte, wpe) get a row of their own."""
+    rows, other = [], []
+    for group in groups:
+        parts, outside = _layout(runs, group)
+        rows += [(group, part, by_layer) for part, by_layer in parts.items()]
+        other += [(group, name) for name in outside]
+    n_layers = max((max(by_layer) + 1 for _, _, by_layer in rows), default=0)
+    fig, axes = _figure(runs, len(rows) + bool(other), max(n_layers, len(other), 1), 2.7, 2.0,
+                        title or DESCRIPTIONS.get(groups[0], groups[0]), sharex=True, sharey="row")
+    styles = _style(runs)
+    cells = [(r, layer, group, by_layer[layer]) for r, (group, _, by_layer) in enumerate(rows) for layer in by_layer]
+    cells += [(len(rows), c, group, name) for c, (group, name) in enumerate(other)]
+    for r, c, group, name in cells:
+        ax = axes[r, c]
+        for run in runs:
+            ax.plot(*series(run, f"{group}/{name}"), lw=1.2, **styles[run["label"]])
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for r, ax_row in enumerate(axes):  # the row shares its y axis: one scale for all of its values
+        _scale(ax_row[0], [v for ax in ax_row for line in ax.lines for v in line.get_ydata()])
+        ax_row[0].set_ylabel(rows[r][1] or SHORT[rows[r][0]] if r < len(rows) else "embeddings")
+    for ax in axes[-1]:
+        ax.set_xlabel("iteration")
+    _finish(fig, axes, runs, styles)
+    return fig
+
+
+def fig_final(runs, groups, title=None):
+    """Statistics at the last eval against the layer: a panel per activation point or matrix, a row per group
+    (one row in all when each group has one panel), a line per run."""
+    panels = []
+    for group in groups:
+        parts, outside = _layout(runs, group)
+        panels.append([(group, part, by_layer) for part, by_layer in parts.items()])
+        if outside:  # wte, wpe: points on a categorical axis
+            panels[-1].append((group, "embeddings", {name: name for name in outside}))
+    if all(len(row) == 1 for row in panels):
+        panels = [[row[0] for row in panels]]
+    fig, axes = _figure(runs, len(panels), max(map(len, panels)), 3.0, 2.5,
+                        title or "At the last eval: " + DESCRIPTIONS.get(groups[0], groups[0]))
+    styles = _style(runs)
+    for r, row in enumerate(panels):
+        for c, (group, part, by_layer) in enumerate(row):
+            ax, xs = axes[r, c], list(by_layer)
+            categorical = isinstance(xs[0], str)
+            for run in runs:
+                ys = [final(run, f"{group}/{by_layer[x]}") for x in xs]
+                ax.plot(xs, ys, marker="o", ms=4, lw=0 if categorical else 1.2, **styles[run["label"]])
+            _scale(ax, [v for line in ax.lines for v in line.get_ydata()])
+            ax.set_title(part or SHORT[group], fontsize=9)
+            if not categorical:
+                ax.set_xticks(xs)
+                ax.set_xlabel("layer")
+            ax.grid(alpha=0.3)
+        if len(groups) > 1 and len(row) > 1:
+            axes[r, 0].set_ylabel(SHORT[row[0][0]])
+    _finish(fig, axes, runs, styles, marker="o")
+    return fig
+
+
+def figures(runs):
+    """(file name, caption, Figure) for every plot of the report, in order; statistics that no run logged
+    (train.py with log_stats=False) are skipped."""
+    plots = [("loss.png", "Loss: train (thin lines) and train.py's val estimate (markers).", fig_loss, None)]
+    plots += [(f"curves_{group}.png", f"Over training: {DESCRIPTIONS[group]}.", fig_curves, [group])
+              for group in KURTOSIS + ("act_absmax",)]
+    plots += [
+        ("curves_attention.png", "Over training: attention sink (weight on token 0), quiet mass (1 − Σ weights) "
+         "and entropy (nats).", fig_curves, ATTENTION),
+        ("final_weight_kurtosis.png", "Weight kurtosis per layer at the last eval (Fisher excess; normal = 0).",
+         fig_final, KURTOSIS[:1]),
+        ("final_act_kurtosis.png", "Activation kurtosis per layer at the last eval, by definition: tensor (excess; "
+         "normal = 0), sample and token (Pearson; normal = 3).", fig_final, KURTOSIS[1:]),
+        ("final_act_magnitudes.png", "Max, 10th and 100th largest, and median |activation| per layer at the last "
+         "eval.", fig_final, MAGNITUDES),
+        ("final_attention.png", "Attention sink, quiet mass and entropy per layer at the last eval.", fig_final,
+         ATTENTION),
+    ]
+    for filename, caption, plot, groups in plots:
+        if groups is None:
+            yield filename, caption, plot(runs, caption)
+            continue
+        groups = [group for group in groups if names(runs, group)]
+        if groups:
+            yield filename, caption, plot(runs, groups, caption)
+
+
+# ---- tables -----------------------------------------------------------------------------------------------
+
+
+def summary(run):
+    """The numbers of a run's table row: final loss and mean / max over layers (and points) of each group."""
+    last = run["eval"][-1] if run["eval"] else {}
+    exact = run["eval_json"].get("val_loss")
+    row = {"iter": last.get("iter"), "val_loss": exact if exact is not None else last.get("val_loss", math.nan),
+           "val_exact": exact is not None, "bpc": run["eval_json"].get("bpc"), "stats_s": last.get("stats_s")}
+    # exp overflows past 709: a diverged run's PPL is inf, not an OverflowError
+    row["val_ppl"] = math.inf if row["val_loss"] > 709 else math.exp(row["val_loss"])
+    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet"):
+        values = [v for key, v in last.items() if key.startswith(group + "/")]
+        row[f"{group}_mean"] = statistics.fmean(values) if values else math.nan
+        row[f"{group}_max"] = max(values, default=math.nan)
+    return row
+
+
+def _fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+COLUMNS = [  # (header, summary key(s)) after the val loss: one key is shown as is, two as "mean / max"
+    ("val PPL", "val_ppl"), ("bpc", "bpc"),
+    ("weight kurt. mean / max", ("weight_kurtosis_mean", "weight_kurtosis_max")),
+    ("act. kurt. tensor mean / max", ("act_kurtosis_tensor_mean", "act_kurtosis_tensor_max")),
+    ("act. kurt. sample mean / max", ("act_kurtosis_sample_mean", "act_kurtosis_sample_max")),
+    ("act. kurt. token mean / max", ("act_kurtosis_token_mean", "act_kurtosis_token_max")),
+    ("max \\|act\\|", "act_absmax_max"), ("sink mean", "attn_sink_mean"), ("quiet mean", "attn_quiet_mean"),
+]
+
+
+def summary_table(runs):
+    """One markdown row per run, at its last eval."""
+    head = ["run", "attn_norm", "seed", "iter", "val loss"] + [h for h, _ in COLUMNS] + ["stats s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        s = summary(run)
+        cells = [run["label"], str(run["config"].get("attn_norm")), str(run["config"].get("seed")), str(s["iter"]),
+                 _fmt(s["val_loss"], 4) + ("" if s["val_exact"] else "\\*")]
+        for _, key in COLUMNS:
+            cells.append(" / ".join(_fmt(s[k]) for k in key) if isinstance(key, tuple) else _fmt(s[key], 4))
+        cells.append(_fmt(s["stats_s"], 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_table(runs):
+    """Mean ± std over the runs (seeds) of each attn_norm, or '' when no attn_norm has two runs."""
+    by_norm = {}
+    for run in runs:
+        by_norm.setdefault(run["config"].get("attn_norm"), []).append(summary(run))
+    if max(len(rows) for rows in by_norm.values()) < 2:
+        return ""
+    keys = [("val loss", "val_loss")] + [(h.replace(" mean / max", " mean"), k[0]) for h, k in COLUMNS[2:6]] + [
+        ("max \\|act\\|", "act_absmax_max"), ("sink mean", "attn_sink_mean"), ("quiet mean", "attn_quiet_mean")]
+    lines = ["| attn_norm | runs | " + " | ".join(h for h, _ in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for norm, rows in by_norm.items():
+        cells = [str(norm), str(len(rows))]
+        for _, key in keys:
+            values = [row[key] for row in rows]
+            mean = statistics.fmean(values)  # by hand below: statistics.stdev fails on NaN (a run without stats)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+            cells.append(f"{_fmt(mean)} ± {_fmt(std, 2)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+LEGEND = """\
+Each row is a run at its last eval. *val loss* is the exact loss over the whole val split from `eval.json`
+(`python -m analysis.perplexity RUN_DIR`) where there is one, else train.py's estimate over `eval_iters`
+random batches, marked \\*; *val PPL* = exp(val loss); *bpc* = bits per character (from `eval.json` only).
+*mean / max* are over every layer and every matrix (weights) or activation point (activations).
+
+Kurtosis, in three definitions (the literature's "kurtosis" means any of them; formulas in `analysis/stats.py`):
+- **weight kurt.**: Fisher excess kurtosis of the whole weight matrix, m4 / m2² − 3 with biased moments, the number
+  `scipy.stats.kurtosis(w.ravel(), fisher=True, bias=True)` gives; q, k and v of `c_attn` separately; normal = 0.
+- **act. kurt. tensor**: the same over all B·T·C values of an activation; normal = 0. Raised by a few massive tokens.
+- **act. kurt. sample**: Pearson kurtosis m4 / s⁴ (s: unbiased std) of each sequence's T·C values, averaged over
+  sequences, as in Bondarenko et al. 2023 ("Quantizable Transformers"); normal = 3.
+- **act. kurt. token**: Pearson kurtosis m4 / m2² of each token's C channels, averaged over tokens, as in Kaul et
+  al. 2025 ("From Attention to Activation"); normal = 3. Raised by outlier channels.
+
+Activation points per layer: `attn_out` (heads' output, input of `attn.c_proj`), `attn_branch` (attention's
+output), `mlp_hidden` (after GELU), `mlp_out` (MLP's output), `resid` (residual stream after the block), on a
+fixed probe batch of val sequences. **max |act|** is the largest |activation| anywhere. Attention, over queries
+1..T−1: **sink** = mean weight on the first token; **quiet** = 1 − Σ weights (0 for softmax, λ for diff);
+entropy of |weights| renormalised to sum 1 (in the plots). **stats s**: seconds model_stats took at that eval.
+"""
+
+
+def write_report(run_dirs, out_dir):
+    """OUT/report.md and its PNGs for the runs in run_dirs; returns the report's path."""
+    runs = load_runs(run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# attnorm runs", ""]
+    for run in runs:
+        lines.append(f"- **{run['label']}**: `{run['dir']}`, {len(run['eval'])} evals, "
+                     f"attention {run['attention']}" + (f", {len(run['nonfinite'])} skipped non-finite steps"
+                                                        if run["nonfinite"] else ""))
+    lines += ["", "## Summary", "", summary_table(runs), ""]
+    by_seed = seeds_table(runs)
+    if by_seed:
+        lines += ["Mean ± std over the runs of each attn_norm:", "", by_seed, ""]
+    lines += [LEGEND, "## Plots", ""]
+    for filename, caption, fig in figures(runs):
+        fig.savefig(out_dir / filename, dpi=100)
+        lines += [f"{caption}", "", f"![{caption}]({filename})", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", help="training runs' out_dirs (holding metrics.jsonl)")
+    p.add_argument("--out", default="report", help="directory for report.md and the plots (default: report)")
+    args = p.parse_args(argv)
+    try:
+        print(f"wrote {write_report(args.run_dirs, args.out)}")
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

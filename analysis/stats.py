@@ -1,0 +1,161 @@
+"""
+Outlier and attention statistics of a GPT: train.py logs model_stats(raw_model, probe) at every eval.
+
+Public repos disagree on what "kurtosis" means, so each definition is logged under its own name. With the
+central moments m_k = mean((x - mean(x))^k):
+
+    weight_kurtosis/<matrix>     Fisher excess kurtosis of the whole tensor with biased moments, m4 / m2² - 3:
+                                 scipy.stats.kurtosis(w.ravel(), fisher=True, bias=True). A normal tensor: 0.
+    act_kurtosis_tensor/<point>  the same over all B·T·C values of an activation. Normal: 0.
+    act_kurtosis_sample/<point>  Pearson kurtosis of each sequence's T·C values, m4 / s⁴ with s the unbiased std
+                                 (torch.std's default), averaged over the sequences, as in Bondarenko et al. 2023,
+                                 "Quantizable Transformers" (whose code adds eps=1e-6 to s⁴). Normal: 3.
+    act_kurtosis_token/<point>   Pearson kurtosis of each token's C channels with biased moments, m4 / m2²,
+                                 averaged over the tokens, as in Kaul et al. 2025, "From Attention to Activation"
+                                 (their outlier-free models score ~3.1). Normal: 3.
+
+They see different outliers: a few tokens with a huge norm but an ordinary spread over channels ("massive
+activations") raise the tensor kurtosis, not the per-token one; a channel that is large in every token (an
+"outlier feature") raises the per-token one; sequences of different scales raise the tensor kurtosis, not
+the per-sample one.
+
+Matrices: h.<i>.attn.c_attn.{q,k,v} (the thirds of c_attn), h.<i>.attn.c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj,
+wte (= the tied lm_head) and wpe. Activation points of block i, captured with forward hooks on the probe batch:
+
+    h.<i>.attn_out      the heads' outputs, concatenated: the input of attn.c_proj
+    h.<i>.attn_branch   what attention adds to the residual stream: the output of attn (after c_proj)
+    h.<i>.mlp_hidden    the MLP's hidden units after GELU
+    h.<i>.mlp_out       what the MLP adds to the residual stream
+    h.<i>.resid         the residual stream after the block
+
+and at each point the magnitudes act_absmax (max |x|, which is also the top-1), act_top10 and act_top100 (the
+10th and 100th largest |x|) and act_median (the lower median of |x|).
+
+Attention, per layer (attn_<stat>/h.<i>, the mean over heads) and per head (attn_<stat>_head/h.<i>.head<j>),
+from attention_probs(), averaged over the queries 1..T-1 (query 0 can only see token 0, so its row is the same
+for every model and says nothing):
+
+    attn_sink      mean weight on the first token, the "attention sink"
+    attn_quiet     1 - Σ_j weights: the mass a query does not spend; 0 for softmax, > 0 for softmax1 and symax
+                   (exp(0) or η in the denominator), λ for diff (whose signed weights A1 - λ·A2 sum to 1 - λ)
+    attn_entropy   entropy in nats of |weights| renormalised to sum to 1 (for diff |A1 - λ·A2|): where the
+                   mass goes, whatever its amount. Rows whose weights all underflow to 0 have none and are left out.
+"""
+
+from functools import partial
+
+import torch
+
+
+def _exact_dtype(device):
+    # The fourth moment of a heavy-tailed tensor loses digits in float32; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _central_moments(x, dim):
+    x = x.detach().to(_exact_dtype(x.device))
+    d = x - (x.mean() if dim is None else x.mean(dim, keepdim=True))
+    d2 = d * d
+    return (d2.mean(), (d2 * d2).mean()) if dim is None else (d2.mean(dim), (d2 * d2).mean(dim))
+
+
+def excess_kurtosis(x, dim=None):
+    """Fisher excess kurtosis m4 / m2² - 3 with biased moments, over all of x or along dim (normal: 0)."""
+    m2, m4 = _central_moments(x, dim)
+    return m4 / m2**2 - 3
+
+
+def pearson_kurtosis(x, dim=None, unbiased_std=False):
+    """Pearson kurtosis m4 / σ⁴ over all of x or along dim (normal: 3); σ² = m2, or m2·n/(n-1) if unbiased_std."""
+    m2, m4 = _central_moments(x, dim)
+    if unbiased_std:
+        n = x.numel() if dim is None else x.size(dim)
+        m2 = m2 * n / (n - 1)
+    return m4 / m2**2
+
+
+def weight_stats(model):
+    """{"weight_kurtosis/<matrix>": 0-dim tensor} for every matrix and embedding of a GPT."""
+    out = {}
+    for name, p in model.named_parameters():  # a tied lm_head is the same Parameter as wte: listed once
+        if p.dim() < 2:  # biases, norms, λ, η
+            continue
+        name = name.removeprefix("transformer.").removesuffix(".weight")
+        if name.endswith("attn.c_attn"):  # (3C, C): the rows computing q, then k, then v
+            for part, w in zip("qkv", p.chunk(3, dim=0)):
+                out[f"weight_kurtosis/{name}.{part}"] = excess_kurtosis(w)
+        else:
+            out[f"weight_kurtosis/{name}"] = excess_kurtosis(p)
+    return out
+
+
+def activation_stats(x):
+    """Kurtosis by the three definitions and outlier magnitudes of one activation x of shape (B, T, C)."""
+    a = x.detach().abs().flatten()
+    top = a.topk(min(100, a.numel())).values  # descending
+    return {
+        "act_kurtosis_tensor": excess_kurtosis(x),
+        "act_kurtosis_sample": pearson_kurtosis(x.flatten(1), dim=1, unbiased_std=True).mean(),
+        "act_kurtosis_token": pearson_kurtosis(x, dim=-1).mean(),
+        "act_absmax": top[0],
+        "act_top10": top[min(10, len(top)) - 1],
+        "act_top100": top[min(100, len(top)) - 1],
+        "act_median": a.median(),
+    }
+
+
+def attention_stats(p):
+    """Per-head {"attn_sink", "attn_quiet", "attn_entropy": (H,) tensors} of weights p of shape (B, H, T, T)."""
+    rows = p[:, :, 1:].float()  # queries 1..T-1
+    mass = rows.abs()
+    dist = mass / mass.sum(-1, keepdim=True)  # 0/0 = NaN for an all-zero row, which nanmean leaves out
+    entropy = -torch.special.xlogy(dist, dist).sum(-1)
+    return {
+        "attn_sink": rows[..., 0].mean((0, 2)),
+        "attn_quiet": (1 - rows.sum(-1)).mean((0, 2)),
+        "attn_entropy": torch.nanmean(entropy, dim=(0, 2)),
+    }
+
+
+def _store_activation(values, name, from_input, module, args, output):
+    x = args[0] if from_input else output
+    for stat, v in activation_stats(x).items():
+        values[f"{stat}/{name}"] = v
+
+
+def _store_attention(values, layer, module, args):
+    for stat, per_head in attention_stats(module.attention_probs(args[0])).items():
+        values[f"{stat}/{layer}"] = per_head.mean()
+        for j, v in enumerate(per_head):
+            values[f"{stat}_head/{layer}.head{j}"] = v
+
+
+@torch.no_grad()
+def model_stats(model, probe, max_tokens=8192):
+    """Every statistic above as a flat {name: float}, from the weights and one forward pass over probe.
+
+    model is a GPT itself, not a DDP or torch.compile wrapper (the hooks go on its submodules). probe is a
+    (B, T) LongTensor on the model's device; only its first max(1, max_tokens // T) sequences are
+    used, which bounds the time and the (B, H, T, T) attention weights that are materialised one layer at a
+    time. The model runs in eval mode, and its train/eval mode is restored afterwards.
+    """
+    probe = probe[: max(1, max_tokens // probe.size(1))]
+    values, hooks = {}, []
+    for i, block in enumerate(model.transformer.h):
+        taps = ((block.attn.c_proj, "attn_out", True), (block.attn, "attn_branch", False),
+                (block.mlp.gelu, "mlp_hidden", False), (block.mlp, "mlp_out", False), (block, "resid", False))
+        for module, point, from_input in taps:
+            hooks.append(module.register_forward_hook(partial(_store_activation, values, f"h.{i}.{point}", from_input)))
+        hooks.append(block.attn.register_forward_pre_hook(partial(_store_attention, values, f"h.{i}")))
+    was_training = model.training
+    model.eval()
+    try:
+        values.update(weight_stats(model))
+        model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    # One device-to-host copy for everything, instead of a GPU sync per number.
+    numbers = torch.stack([v.to(_exact_dtype(probe.device)) for v in values.values()]).tolist()
+    return dict(zip(values, numbers))

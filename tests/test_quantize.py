@@ -1,0 +1,129 @@
+"""analysis/quantize.py: the two quantizers against hand-computed grids, the fake-quantized model against the fp
+one, and the CLI's eval.json."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import quantize
+from analysis.quantize import percentile_range, quantize_asymmetric, quantize_symmetric
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig
+
+
+def test_symmetric_per_tensor_int8_by_hand():
+    # max|w| = 1, so scale = 1/127 and each value becomes round(w * 127) / 127:
+    # -1 -> -127, -0.5 -> -63.5 -> -64 (a tie, to even), 0.26 -> 33.02 -> 33, 1 -> 127.
+    w = torch.tensor([-1.0, -0.5, 0.26, 1.0])
+    expected = torch.tensor([-127.0, -64.0, 33.0, 127.0]) / 127
+    torch.testing.assert_close(quantize_symmetric(w, 8), expected)
+
+
+def test_per_channel_takes_each_rows_scale():
+    w = torch.tensor([[-1.0, 0.5], [0.02, -0.013]])
+    # Row 0's scale is 1/127 either way (0.5 -> 63.5 -> 64, a tie, to even). Row 1 alone has scale 0.02/127, so
+    # -0.013 -> -82.55 -> -83 steps; with the tensor's scale 1/127 it keeps only round(2.54) = 3 and
+    # round(-1.651) = -2 steps.
+    torch.testing.assert_close(quantize_symmetric(w, 8, axis=0),
+                               torch.tensor([[-1.0, 64 / 127], [0.02, -83 * 0.02 / 127]]))
+    torch.testing.assert_close(quantize_symmetric(w, 8), torch.tensor([[-1.0, 64 / 127], [3 / 127, -2 / 127]]))
+    # axis=1 gives each column its own scale: column 1's max|w| is 0.5, so -0.013 -> -3.30 -> -3 steps.
+    torch.testing.assert_close(quantize_symmetric(w, 8, axis=1)[:, 1], torch.tensor([0.5, -3 * 0.5 / 127]))
+
+
+def test_int4_has_seven_levels_each_side():
+    w = torch.linspace(-1, 1, 101)
+    levels = torch.unique(quantize_symmetric(w, 4))
+    torch.testing.assert_close(levels, torch.arange(-7, 8) / 7)
+
+
+def test_all_zero_row_stays_zero():
+    w = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    assert torch.equal(quantize_symmetric(w, 8, axis=0)[0], torch.zeros(2))
+
+
+# 999 values evenly over [-1, 1] and one planted outlier at 100.
+OUTLIER = torch.cat([torch.linspace(-1, 1, 999), torch.tensor([100.0])])
+
+
+def test_minmax_range_spans_the_outlier_and_collapses_small_values():
+    # [lo, hi] = [-1, 100]: scale = 101/255 = 0.39608, zero point round(1 / 0.39608) = round(2.525) = 3. The 999
+    # small values round to -3..3 steps: 7 levels for a range the other 248 levels never touch.
+    y = quantize_asymmetric(OUTLIER, -1.0, 100.0, 8)
+    scale = 101 / 255
+    assert len(torch.unique(y[:-1])) == 7
+    torch.testing.assert_close(torch.unique(y[:-1]), torch.arange(-3, 4) * scale)
+    torch.testing.assert_close(y[-1], torch.tensor(252 * scale))  # round(100 / scale) = 252 steps
+
+
+def test_percentile_clips_the_outlier():
+    # n = 1000, p = 99.9: rank round(0.999 * 999) = 998 (0-based) from each end, so hi is the second largest value
+    # (1.0) and lo the second smallest (-1 + 2/998): the outlier is out of range.
+    lo, hi = percentile_range(OUTLIER, 99.9)
+    assert hi == 1.0 and lo == pytest.approx(-1 + 2 / 998)
+    y = quantize_asymmetric(OUTLIER, lo, hi, 8)
+    # scale = (1 + 0.997996) / 255 = 0.0078353, zero point round(0.997996 / scale) = round(127.37) = 127: the
+    # small values keep 255 levels (error <= scale / 2, -1 clipped to lo) and the outlier is clipped to the top
+    # level, (255 - 127) * scale = 1.00292.
+    scale = (1 + 0.997996) / 255
+    assert len(torch.unique(y[:-1])) > 200
+    assert (y[1:-1] - OUTLIER[1:-1]).abs().max() <= scale / 2 + 1e-6
+    assert y[-1].item() == pytest.approx(128 * scale, rel=1e-4)
+    assert percentile_range(OUTLIER, 100) == (-1.0, 100.0)  # p = 100: min-max
+
+
+def test_asymmetric_range_is_widened_to_hold_zero():
+    x = torch.tensor([0.0, 0.5, 1.0])
+    y = quantize_asymmetric(x, 0.5, 1.0, 8)  # treated as [0, 1]: 0 stays exact
+    assert y[0] == 0 and y[2] == pytest.approx(1.0)
+
+
+def tiny_gpt(attn_norm, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, attn_norm=attn_norm)).eval()
+
+
+@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "symax", "diff"])
+def test_16_bit_fake_quantized_model_matches_fp(attn_norm):
+    model = tiny_gpt(attn_norm)
+    x = torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(1))
+    ranges = quantize.calibrate(model, [x], 99.99)
+    assert set(ranges) == {name for name, _ in quantize.linears(model)}  # 4 per block and lm_head
+    assert len(ranges) == 4 * 2 + 1
+    fp = model(x, x)[0]
+    q16 = quantize.quantized_copy(model, 16, 0, {k: r["minmax"] for k, r in ranges.items()}, a_bits=16)
+    torch.testing.assert_close(q16(x, x)[0], fp, atol=2e-3, rtol=2e-3)
+    q8 = quantize.quantized_copy(model, 8, 0, {k: r["minmax"] for k, r in ranges.items()})
+    assert not torch.equal(q8(x, x)[0], fp)
+    # The copy keeps the tie (one quantized matrix embeds and un-embeds); the original is untouched.
+    assert q8.transformer.wte.weight is q8.lm_head.weight
+    assert torch.equal(q8.lm_head.weight, quantize_symmetric(model.lm_head.weight, 8, 0))
+    assert model.transformer.wte.weight is model.lm_head.weight and torch.equal(model(x, x)[0], fp)
+
+
+def test_cli_merges_all_keys_into_eval_json(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4000), ("val", 1000)):
+        rng.integers(0, 65, n).astype(np.uint16).tofile(data_dir / f"{split}.bin")
+    meta = {"tokenizer": "char", "vocab_size": 65, "chars": "".join(map(chr, range(48, 113))),
+            "train_tokens": 4000, "val_tokens": 1000, "dtype": "uint16"}
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    model = tiny_gpt("softmax1")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "iter_num": 7, "meta": meta,
+                     "config": {"dataset": "ignored", "batch_size": 4}}, run)
+    (run / "eval.json").write_text(json.dumps({"val_ppl": 12.5}))  # written by another tool: must survive
+
+    quantize.main([str(run), "--data_dir", str(data_dir), "--device", "cpu", "--max_tokens", "200",
+                   "--calib_batches", "2"])
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["val_ppl"] == 12.5
+    assert set(quantize.EVAL_KEYS) <= set(ev)
+    assert ev["quant_tokens"] == 199 and ev["quant_iter"] == 7
+    for name in quantize.VARIANTS:
+        assert ev[f"delta_ppl_{name}"] == pytest.approx(ev[f"ppl_{name}"] - ev["ppl_fp"])
+    assert 1 < ev["ppl_fp"] < 200 and abs(ev["delta_ppl_w8"]) < 0.05 * ev["ppl_fp"]
