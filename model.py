@@ -48,23 +48,36 @@ def symax_weights(s, mask, eta):
     return a / (eta.view(-1, 1, 1) + a.sum(dim=-1, keepdim=True))
 
 
+def diff_weights(s, mask, lam):
+    # Scores of the interleaved sub-heads (B, H, T, T): sub-heads 2i and 2i+1 give the two softmax maps of
+    # differential head i, combined as A1 - λ·A2 into (B, H/2, T, T). DiffAttention below does the rest.
+    a = softmax_weights(s, mask)
+    return a[:, 0::2] - lam * a[:, 1::2]
+
+
 ATTN_NORMS = {
     "softmax": softmax_weights,
     "softmax1": softmax1_weights,
     "symax": symax_weights,
-    "diff": softmax_weights,  # two softmax maps per head, combined in DiffAttention below
+    "diff": diff_weights,
 }
 
 
-def reference_attention(q, k, v, weights_fn, dropout_p=0.0, **norm_args):
-    """Exact causal attention that materialises the T×T weights, in fp32 whatever the autocast dtype."""
+def reference_weights(q, k, weights_fn, **norm_args):
+    """The causal attention weights, in fp32 whatever the autocast dtype (float64 stays float64)."""
     T = q.size(-2)
-    dt = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16/fp32; float64 stays float64
+    dt = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
         s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(q.size(-1))
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        p = F.dropout(weights_fn(s, mask, **norm_args), dropout_p)
-        return (p @ v.to(dt)).to(v.dtype)
+        return weights_fn(s, mask, **norm_args)
+
+
+def reference_attention(q, k, v, weights_fn, dropout_p=0.0, **norm_args):
+    """Exact causal attention that materialises the T×T weights."""
+    p = F.dropout(reference_weights(q, k, weights_fn, **norm_args), dropout_p)
+    with torch.autocast(q.device.type, enabled=False):
+        return (p @ v.to(p.dtype)).to(v.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,10 +169,9 @@ class CausalSelfAttention(nn.Module):
 
     @torch.no_grad()
     def attention_probs(self, x):
-        """The (B, H, T, T) attention weights for analysis (for diff: the signed map A1 - λ·A2)."""
+        """The (B, H, T, T) attention weights for analysis (for diff: (B, H/2, T, T), the signed A1 - λ·A2)."""
         q, k, _ = self.qkv(x)
-        eye = torch.eye(q.size(-2), device=x.device).expand(*q.shape[:2], -1, -1)
-        return reference_attention(q, k, eye, ATTN_NORMS[self.attn_norm], **self.norm_args())
+        return reference_weights(q, k, ATTN_NORMS[self.attn_norm], **self.norm_args())
 
 
 class DiffAttention(CausalSelfAttention):
@@ -176,10 +188,10 @@ class DiffAttention(CausalSelfAttention):
         )
         self.subln = nn.RMSNorm(2 * d, eps=1e-5, elementwise_affine=True)
 
-    def lam(self):
+    def norm_args(self):
         lam1 = torch.exp(torch.dot(self.lambda_q1, self.lambda_k1).float())
         lam2 = torch.exp(torch.dot(self.lambda_q2, self.lambda_k2).float())
-        return lam1 - lam2 + self.lambda_init
+        return {"lam": lam1 - lam2 + self.lambda_init}
 
     def qkv(self, x):
         q, k, v = super().qkv(x)
@@ -188,30 +200,8 @@ class DiffAttention(CausalSelfAttention):
         return q, k, v
 
     def attend(self, q, k, v, dropout_p):
-        if self.use_fused(q, dropout_p):
-            y = kernels.attention("diff", q, k, v, dropout_p, lam=self.lam())
-        else:
-            y = reference_diff_attention(q, k, v, self.lam(), dropout_p)
-        return self.subln(y) * (1 - self.lambda_init)
-
-    @torch.no_grad()
-    def attention_probs(self, x):
-        q, k, _ = self.qkv(x)
-        B, H, T, _ = q.shape
-        eye = torch.eye(T, device=x.device).expand(B, H // 2, -1, -1)
-        return reference_diff_attention(q, k, eye, self.lam())
-
-
-def reference_diff_attention(q, k, v, lam, dropout_p=0.0):
-    """(softmax(Q1K1ᵀ) − λ·softmax(Q2K2ᵀ)) V per head, from the interleaved sub-heads of q and k."""
-    B, H, T, d = q.shape
-    dt = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16/fp32; float64 stays float64
-    with torch.autocast(q.device.type, enabled=False):
-        s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(d)
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        a = softmax_weights(s, mask).view(B, H // 2, 2, T, T)
-        p = F.dropout(a[:, :, 0] - lam * a[:, :, 1], dropout_p)
-        return (p @ v.to(dt)).to(v.dtype)
+        y = super().attend(q, k, v, dropout_p)
+        return (self.subln(y.float()) * (1 - self.lambda_init)).type_as(y)  # fp32 norm, as under autocast
 
 
 class MLP(nn.Module):
@@ -240,8 +230,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-# Peak dense bf16 tensor-core FLOP/s by device name, for MFU. No entry (e.g. CPU): MFU is not reported.
-PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "L40S": 362e12,
+# Peak dense bf16 tensor-core FLOP/s by device name (first match wins: specific names first), for MFU.
+# No entry (e.g. CPU): MFU is not reported.
+PEAK_FLOPS = {"A100": 312e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "L40S": 362e12,
               "A10G": 70e12, "L4": 121e12, "V100": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
 

@@ -65,8 +65,6 @@ def make_inputs(norm, B, H, T, d, dtype, device):
 def attention_fn(norm, impl):
     if impl == "fused":
         return lambda q, k, v, **args: kernels.attention(norm, q, k, v, **args)
-    if norm == "diff":
-        return model.reference_diff_attention
     return lambda q, k, v, **args: model.reference_attention(q, k, v, model.ATTN_NORMS[norm], **args)
 
 

@@ -73,8 +73,7 @@ def describe(attn_norm, attn_impl, device_type, dropout_p):
         fn = FUSED[attn_norm]
         return f"fused ({fn.__module__}.{fn.__name__})"
     why = "asked for" if attn_impl == "reference" else unavailable_reason(attn_norm, device_type, dropout_p, attn_impl)
-    fn = "reference_diff_attention" if attn_norm == "diff" else "reference_attention"
-    return f"reference (model.{fn}: {why})"
+    return f"reference (model.reference_attention: {why})"
 
 
 def attention(attn_norm, q, k, v, dropout_p=0.0, **norm_args):

@@ -179,7 +179,7 @@ def test_attention_stats_closed_form(attn_norm, score, sink_quiet):
     model.train()
     stats = model_stats(model, torch.randint(0, 11, (3, T_HAND)))
     assert model.training  # the mode is restored
-    lam = model.transformer.h[0].attn.lam().item() if attn_norm == "diff" else None
+    lam = model.transformer.h[0].attn.norm_args()["lam"].item() if attn_norm == "diff" else None
     sink, quiet = (np.mean(v) for v in sink_quiet(lam))
     assert stats["attn_sink/h.0"] == pytest.approx(sink, rel=1e-5, abs=1e-7)
     assert stats["attn_quiet/h.0"] == pytest.approx(quiet, rel=1e-5, abs=1e-6)

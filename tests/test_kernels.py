@@ -157,7 +157,7 @@ def test_diff_matches_reference(shape, q_scale, dtype):
     B, H, T, d = shape
     q, k, v = qkv(B, H, T, d, dtype=dtype, q_scale=q_scale, v_shape=(B, H // 2, T, 2 * d))
     lam = torch.tensor(0.37, requires_grad=True)
-    assert_matches(kernels.diff_attention, model.reference_diff_attention, (q, k, v, lam), ("q", "k", "v", "lam"),
+    assert_matches(kernels.diff_attention, lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), (q, k, v, lam), ("q", "k", "v", "lam"),
                    atol=ATOL * q_scale)
 
 
@@ -286,7 +286,7 @@ def test_describe_names_the_function():
     assert kernels.describe("softmax1", "auto", "cpu", 0.0) == "fused (kernels.softmax1.softmax1_attention)"
     assert kernels.describe("diff", "fused", "cuda", 0.0) == "fused (kernels.diff.diff_attention)"
     assert kernels.describe("symax", "fused", "cuda", 0.0) == "fused (kernels.symax.symax_attention)"
-    assert kernels.describe("diff", "reference", "cuda", 0.0) == "reference (model.reference_diff_attention: asked for)"
+    assert kernels.describe("diff", "reference", "cuda", 0.0) == "reference (model.reference_attention: asked for)"
     assert kernels.describe("softmax1", "auto", "cpu", 0.1).startswith("reference (model.reference_attention: ")
 
 
@@ -319,7 +319,7 @@ def test_cuda_bf16(attn_norm, d, T):
     v_shape = (B, H // 2, T, 2 * d) if attn_norm == "diff" else None
     inputs = qkv(B, H, T, d, dtype=torch.bfloat16, device="cuda", v_shape=v_shape)
     if attn_norm == "diff":
-        fused, ref, extra = kernels.diff_attention, model.reference_diff_attention, [torch.tensor(0.37, device="cuda")]
+        fused, ref, extra = kernels.diff_attention, lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), [torch.tensor(0.37, device="cuda")]
     elif attn_norm == "symax":
         (fused, ref), extra = symax_pair(), [make_log_eta(H, "cuda")]
     else:

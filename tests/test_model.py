@@ -191,7 +191,7 @@ def test_reference_diff_attention_gradcheck():
     q, k = (t.requires_grad_() for t in qkv(B=1, H=4, T=4, d=3, dtype=torch.float64, seed=4)[:2])
     v = qkv(B=1, H=2, T=4, d=6, dtype=torch.float64, seed=5)[2].requires_grad_()
     lam = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(model.reference_diff_attention, (q, k, v, lam))
+    assert torch.autograd.gradcheck(lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), (q, k, v, lam))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_reference_diff_attention_matches_paper_layout():
     q, k = qkv(B=B, H=H, T=T, d=d, dtype=torch.float64, seed=6, scale=1.5)[:2]
     v = qkv(B=B, H=H // 2, T=T, d=2 * d, dtype=torch.float64, seed=7)[2]
     lam = 0.61
-    y = model.reference_diff_attention(q, k, v, torch.tensor(lam, dtype=torch.float64))
+    y = model.reference_attention(q, k, v, model.diff_weights, lam=torch.tensor(lam, dtype=torch.float64))
     # official layout: (B, T, 2h, d) and (B, T, h, 2d)
     expected = diff_heads(q.transpose(1, 2).numpy(), k.transpose(1, 2).numpy(), v.transpose(1, 2).numpy(), lam)
     np.testing.assert_allclose(y.transpose(1, 2).numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -233,7 +233,7 @@ def test_diff_attention_module_matches_paper(attn_impl, layer):
     W["n_head"] = 4
     expected = diff_attention_module(x.double().numpy(), W, layer)
     lam = diff_lambda(W["lambda_q1"], W["lambda_k1"], W["lambda_q2"], W["lambda_k2"], layer)
-    assert abs(attn.lam().item() - lam) < 1e-5 * max(1, abs(lam))
+    assert abs(attn.norm_args()["lam"].item() - lam) < 1e-5 * max(1, abs(lam))
     np.testing.assert_allclose(y.double().numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 

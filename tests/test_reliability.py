@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import prepare_data
+import config
 import train
 from checkpoint import CheckpointError, load_checkpoint
 from model import GPT
@@ -570,7 +571,7 @@ def test_interrupted_prepare_data_is_never_accepted(work, tmp_path, monkeypatch)
     ref_bytes = {f: (reference / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
     monkeypatch.chdir(tmp_path)  # train.load_dataset reads data/<dataset> from here
     target = tmp_path / "data" / "shakespeare_char"
-    cfg = train.TrainConfig(dataset="shakespeare_char", block_size=32)
+    cfg = config.TrainConfig(dataset="shakespeare_char", block_size=32)
 
     def accepted():
         try:
@@ -696,8 +697,8 @@ BAD_INPUTS = [
     # --- train.py: settings ---
     ("unknown-key", "train", ["--n_layers=2"], ["unknown config key 'n_layers'", "did you mean 'n_layer'"], None,
      {"fresh": True}),
-    ("wrong-type", "train", ["--n_layer=two"], ["--n_layer=two", "expected a int"], None, {}),
-    ("float-for-int", "train", ["--max_iters=1e3"], ["max_iters must be a int", "1000.0"], None, {}),
+    ("wrong-type", "train", ["--n_layer=two"], ["--n_layer=two", "expected an int"], None, {}),
+    ("float-for-int", "train", ["--max_iters=1e3"], ["max_iters must be an int", "1000.0"], None, {}),
     ("bad-bool", "train", ["--compile=maybe"], ["--compile=maybe", "expected true or false"], None, {}),
     ("override-without-equals", "train", ["--n_layer", "2"], ["--n_layer", "overrides are written --key=value"],
      None, {}),
