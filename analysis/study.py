@@ -158,8 +158,10 @@ class Progress:
 def stream(cmd, env, log_path, prefix, progress, label):
     """Run cmd, copying its output to log_path and to the console line by line; raises if it fails."""
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                       text=True, env=env) as proc:
-        for line in proc.stdout:
+                                                       env=env) as proc:
+        for raw in proc.stdout:
+            # A progress bar redraws its line with \r: keep what a terminal would end up showing.
+            line = raw.rstrip(b"\r\n").rsplit(b"\r", 1)[-1].decode(errors="replace") + "\n"
             log.write(line)
             m = re.match(r"iter (\d+):", line)
             if m:
@@ -181,7 +183,7 @@ def run_all(jobs, train_argv, args, device, progress):
         run_dir, steps = jobs[label]
         with free_lock:
             slot = free.pop()
-        env = {**os.environ, **envs[slot], "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+        env = {**os.environ, **envs[slot], "PYTHONUNBUFFERED": "1"}
         where = ", ".join(f"{key}={value}" for key, value in envs[slot].items()) or device
         prefix = f"[{label} {k}/{len(jobs)}] "
         t0 = time.time()
@@ -316,7 +318,7 @@ def fig_bars(by_norm, metrics, title):
             color = report.NORM_COLORS.get(norm)
             ax.bar(x, m, yerr=0 if math.isnan(s) else s, color=color, alpha=0.6, capsize=4)
             ax.plot(np.full(len(v), x), v, "o", color="k", ms=3)
-        ax.set_xticks(range(len(by_norm)), list(by_norm), fontsize=8)
+        ax.set_xticks(range(len(by_norm)), list(by_norm), fontsize=8, rotation=30)
         ax.set_title(heading.replace("\\", ""), fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     for ax in axes.flat[len(metrics):]:
@@ -429,7 +431,7 @@ def main(argv=None):
         p.error("--jobs must be >= 1")
 
     import prepare_data
-    import train
+    from config import ConfigError, load_config
     t0 = time.time()
     norms, seeds = args.norms.split(","), [int(s) for s in args.seeds.split(",")]
     study_dir = Path(args.study_root) / (args.name or Path(args.config).stem)
@@ -441,10 +443,10 @@ def main(argv=None):
                 "--always_save_checkpoint=True"]
 
     try:
-        configs = {label: train.load_config(train_argv(label)) for label in run_dirs}
+        configs = {label: load_config(train_argv(label)) for label in run_dirs}
         for cfg in configs.values():
             cfg.validate()
-    except train.ConfigError as e:
+    except ConfigError as e:
         sys.exit(f"error: {e}")
     cfg = next(iter(configs.values()))
     if not prepare_data.is_prepared(Path("data") / cfg.dataset):
