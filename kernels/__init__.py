@@ -48,7 +48,7 @@ def unavailable_reason(attn_norm, device_type, dropout_p, attn_impl="fused"):
     if attn_norm == "softmax1" and device_type not in ("cpu", "cuda"):
         return f"softmax1 needs aten's CPU or CUDA flash attention, not {device_type}"
     if attn_norm == "diff" and device_type == "cpu" and attn_impl == "auto":
-        return "on CPU the reference is faster for diff fwd+bwd (benchmarks/results/cpu-attention.md)"
+        return "on CPU the reference is faster for diff fwd+bwd up to T=512 (benchmarks/results/cpu-*.md)"
     if attn_norm == "symax" and symax.INTERPRET and attn_impl == "auto":  # on any device
         return "TRITON_INTERPRET=1 runs the symax kernel in Triton's interpreter, much slower than the reference"
     if attn_norm == "symax" and not symax.INTERPRET and device_type != "cuda":
