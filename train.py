@@ -233,9 +233,8 @@ def main(argv):
                                                                         device_type, cfg.dropout)})
     probe = None
     if cfg.log_stats:
-        from analysis.stats import model_stats
-        probe = get_batch("val", range(0, min(len(data["val"]) - cfg.block_size - 1, 8 * cfg.block_size),
-                                       cfg.block_size))[0][:8]
+        from analysis.stats import model_stats, probe_batch
+        probe = probe_batch(data["val"], cfg.block_size).to(cfg.device)
 
     # ---- the training loop ----
     device_name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"

@@ -44,6 +44,8 @@ for every model and says nothing):
 
 from functools import partial
 
+import numpy as np
+
 import torch
 
 
@@ -131,6 +133,12 @@ def _store_attention(values, layer, module, args):
 
 
 @torch.no_grad()
+def probe_batch(val_tokens, block_size, n=8):
+    """The fixed probe: the first n non-overlapping block_size windows of the val tokens (fewer if short)."""
+    n = min(n, (len(val_tokens) - 1) // block_size)
+    return torch.from_numpy(np.asarray(val_tokens[: n * block_size], dtype=np.int64).reshape(n, block_size))
+
+
 def model_stats(model, probe, max_tokens=8192):
     """Every statistic above as a flat {name: float}, from the weights and one forward pass over probe.
 

@@ -82,7 +82,7 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
     """The evaluation steps a trained run still needs, in this process (`--evaluate RUN_DIR`)."""
     from analysis import perplexity
     from analysis.perplexity import load_model, update_json
-    from analysis.stats import model_stats
+    from analysis.stats import model_stats, probe_batch
     from prepare_data import load_meta
 
     run_dir = Path(run_dir)
@@ -95,7 +95,7 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
         meta = load_meta(Path("data") / ckpt["config"]["dataset"])
         T = ckpt["model_args"]["block_size"]
         val = np.memmap(Path("data") / ckpt["config"]["dataset"] / "val.bin", dtype=meta["dtype"], mode="r")
-        probe = torch.from_numpy(val[: 8 * T].astype(np.int64).reshape(8, T)).to(device)
+        probe = probe_batch(val, T).to(device)
         update_json(run_dir / "eval.json", {"stats": model_stats(model, probe)})
         print(f"model_stats of {run_dir} written to eval.json")
     if "quantize" in steps:
