@@ -84,3 +84,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path} is not an attnorm checkpoint (missing {sorted(missing)})")
     return ckpt
 
+
+def load_model(out_dir, device="cpu"):
+    """The GPT in out_dir/ckpt.pt (or a checkpoint file), on device, and the rest of the checkpoint dict."""
+    from model import GPT, GPTConfig
+    ckpt = load_checkpoint(out_dir)
+    # attn_impl="fused" may name a GPU kernel; "auto" computes the same function on whatever device this is.
+    model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
+    model.load_state_dict(ckpt.pop("model"))
+    return model.to(device), ckpt

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint
-from model import GPT, GPTConfig
+from checkpoint import CheckpointError, load_model
 from prepare_data import load_tokenizer
 
 
@@ -44,11 +43,8 @@ def main(argv=None):
     if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1 or args.temperature <= 0:
         parser.error("num_samples, max_new_tokens and top_k must be >= 1 and temperature > 0")
 
-    ckpt = load_checkpoint(args.out_dir)
-    # attn_impl='auto': the training run's 'fused' may not exist on this device (e.g. symax's Triton kernel on CPU)
-    model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
-    model.load_state_dict(ckpt["model"])
-    model.eval().to(args.device)
+    model, ckpt = load_model(args.out_dir, args.device)
+    model.eval()
     encode, decode = load_tokenizer(ckpt["meta"])
     try:
         ids = encode(read_prompt(args.start))

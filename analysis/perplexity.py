@@ -94,17 +94,6 @@ def update_json(path, values):
     return data
 
 
-def load_model(out_dir, device):
-    """The GPT in out_dir/ckpt.pt, on device, and the checkpoint dict (config, meta, iter_num, ...)."""
-    from checkpoint import load_checkpoint
-    from model import GPT, GPTConfig
-    ckpt = load_checkpoint(out_dir)
-    # attn_impl="fused" may name a GPU kernel; "auto" computes the same function on whatever device this is.
-    model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
-    model.load_state_dict(ckpt.pop("model"))
-    return model.to(device), ckpt
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="a training run's out_dir (holding ckpt.pt)")
@@ -115,7 +104,7 @@ def main(argv=None):
     p.add_argument("--data_dir", help="default: data/<the run's dataset>")
     args = p.parse_args(argv)
 
-    from checkpoint import CheckpointError
+    from checkpoint import CheckpointError, load_model
     from prepare_data import load_meta
     device, ddp = args.device, "RANK" in os.environ
     if ddp:  # torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from analysis.perplexity import evaluate_perplexity, load_model, update_json
+from analysis.perplexity import evaluate_perplexity, update_json
+from checkpoint import load_model
 
 # name: (weight bits, weight scale axis: None = per tensor, 0 = per output row; activation calibration or None)
 VARIANTS = {

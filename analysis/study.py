@@ -81,7 +81,8 @@ def pending_steps(run_dir, max_iters):
 def evaluate_run(run_dir, device, max_tokens, calib_batches):
     """The evaluation steps a trained run still needs, in this process (`--evaluate RUN_DIR`)."""
     from analysis import perplexity
-    from analysis.perplexity import load_model, update_json
+    from analysis.perplexity import update_json
+    from checkpoint import load_model
     from analysis.stats import model_stats, probe_batch
     from prepare_data import load_meta
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 import prepare_data
 from analysis import read_metrics
-from analysis.perplexity import bits_per_char, evaluate_perplexity, load_model, windows
+from analysis.perplexity import bits_per_char, evaluate_perplexity, windows
+from checkpoint import load_model
 from analysis.perplexity import main as perplexity_main
 from analysis.report import figures, write_report
 from analysis.stats import activation_stats, excess_kurtosis, model_stats, pearson_kurtosis
