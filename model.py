@@ -2,18 +2,12 @@
 A GPT-2 language model whose attention normalizer is a config flag (attn_norm).
 
 The architecture is nanoGPT's (pre-LN blocks, learned positions, GELU MLP, tied embeddings) with the same
-module names, so checkpoints and tooling map one to one. Only the normalizer inside attention changes:
-
-    softmax   p_i = exp(s_i) / Σ_j exp(s_j)
-    softmax1  p_i = exp(s_i) / (1 + Σ_j exp(s_j))        a head may attend to nothing
-    symax     p_i = |s_i| / (η + Σ_j |s_j|)               η = 1 by default, optionally learned per head
-    diff      (softmax(Q1K1ᵀ) − λ·softmax(Q2K2ᵀ)) V       Differential Transformer (Ye et al. 2024)
-
-with s = q·k/√d over the causal window. Each normalizer is a small function from scores to weights in
-ATTN_NORMS: that function is the exact reference (the test oracle and the CPU path); kernels/ holds the
-fused paths. A new variant is one function and one registry line.
+module names, so checkpoints and tooling map one to one. Only the normalizer inside attention changes. Each
+normalizer is a spec in normalizers/ (its exact reference, its fused path, its parameters, its head layout and
+its settings); this file asks the registry, normalizers.NORMALIZERS, for the one a config names.
 """
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -22,97 +16,45 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import kernels
-
-# ----------------------------------------------------------------------------------------------------------
-# Normalizers: scores s (B, H, T, T) in fp32 and a causal mask (T, T, True = visible) -> weights (B, H, T, T).
-
-
-def softmax_weights(s, mask):
-    return torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-
-
-def softmax1_weights(s, mask):
-    # A virtual extra logit fixed at 0: shift by m = max(0, max_j s_j) so that neither exp(s - m) nor the
-    # virtual term exp(-m) can overflow. (Shifting by max_j s_j alone and adding 1 is a different function
-    # whose weights always sum to >= 0.5.)
-    s = s.masked_fill(~mask, float("-inf"))
-    m = s.amax(dim=-1, keepdim=True).clamp(min=0)
-    e = torch.exp(s - m)
-    return e / (torch.exp(-m) + e.sum(dim=-1, keepdim=True))
-
-
-def symax_weights(s, mask, eta):
-    # eta: (H,) positive. Masked positions weigh exactly 0 (|-inf| would be inf, so mask after abs).
-    a = s.abs().masked_fill(~mask, 0.0)
-    return a / (eta.view(-1, 1, 1) + a.sum(dim=-1, keepdim=True))
-
-
-def diff_weights(s, mask, lam):
-    # Scores of the interleaved sub-heads (B, H, T, T): sub-heads 2i and 2i+1 give the two softmax maps of
-    # differential head i, combined as A1 - λ·A2 into (B, H/2, T, T). DiffAttention below does the rest.
-    a = softmax_weights(s, mask)
-    return a[:, 0::2] - lam * a[:, 1::2]
-
-
-ATTN_NORMS = {
-    "softmax": softmax_weights,
-    "softmax1": softmax1_weights,
-    "symax": symax_weights,
-    "diff": diff_weights,
-}
-
-
-def reference_weights(q, k, weights_fn, **norm_args):
-    """The causal attention weights, in fp32 whatever the autocast dtype (float64 stays float64)."""
-    T = q.size(-2)
-    dt = torch.promote_types(q.dtype, torch.float32)
-    with torch.autocast(q.device.type, enabled=False):
-        s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(q.size(-1))
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        return weights_fn(s, mask, **norm_args)
-
-
-def reference_attention(q, k, v, weights_fn, dropout_p=0.0, **norm_args):
-    """Exact causal attention that materialises the T×T weights."""
-    p = F.dropout(reference_weights(q, k, weights_fn, **norm_args), dropout_p)
-    with torch.autocast(q.device.type, enabled=False):
-        return (p @ v.to(p.dtype)).to(v.dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
+import normalizers
 
 
 @dataclass
+@normalizers.with_settings  # + every normalizer's own settings (symax_eta, ...), declared in its spec
 class GPTConfig:
-    block_size: int = 1024
+    # model
+    block_size: int = 1024  # context length in tokens
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for efficiency
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    attn_norm: str = "softmax"  # one of ATTN_NORMS
-    attn_impl: str = "auto"  # auto | fused | reference (see kernels/)
-    symax_eta: float = 1.0
-    symax_learn_eta: bool = False
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout of attention weights, residual branches and embeddings
+    bias: bool = False  # biases in Linears and LayerNorms; GPT-2 has them, without is a bit better and faster
+    attn_norm: str = "softmax"  # a name in normalizers.NORMALIZERS
+    attn_impl: str = "auto"  # auto | fused | reference (normalizers/__init__.py)
 
     def __post_init__(self):
-        if self.attn_norm not in ATTN_NORMS:
-            raise ValueError(f"unknown attn_norm {self.attn_norm!r}; valid: {', '.join(ATTN_NORMS)}")
-        if self.attn_impl not in kernels.ATTN_IMPLS:
-            raise ValueError(f"unknown attn_impl {self.attn_impl!r}; valid: {', '.join(kernels.ATTN_IMPLS)}")
+        self.check()
+
+    @classmethod
+    def from_saved(cls, model_args):
+        """The config of a checkpoint's model_args; settings added since it was saved take their defaults."""
+        unknown = set(model_args) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"the checkpoint has model settings this code does not know ({', '.join(sorted(unknown))})"
+                             f": it was written by another version of attnorm")
+        return cls(**model_args)
+
+    def check(self):
+        """Raise ValueError for settings no model can be built from."""
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, key) < 1:
+            if type(getattr(self, key)) is not int or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.attn_norm == "diff" and self.n_head % 2:
-            raise ValueError(f"attn_norm='diff' pairs heads, so n_head must be even (got {self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.symax_eta <= 0:
-            raise ValueError(f"symax_eta must be > 0, got {self.symax_eta}")
+        normalizers.check_config(self)
 
 
 class LayerNorm(nn.Module):
@@ -130,78 +72,37 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.normalizer = normalizers.get(config.attn_norm)
+        self.qkv_sizes = self.normalizer.qkv_sizes(config)
+        self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_sizes), bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.attn_norm, self.attn_impl = config.attn_norm, config.attn_impl
-        if config.attn_norm == "symax":
-            # η > 0 per head; learned in log space so it stays positive.
-            log_eta = torch.full((config.n_head,), math.log(config.symax_eta))
-            if config.symax_learn_eta:
-                self.log_eta = nn.Parameter(log_eta)
-            else:
-                self.register_buffer("log_eta", log_eta, persistent=False)
-
-    def norm_args(self):
-        """Extra tensors the normalizer needs, shared by the reference and the fused path."""
-        return {"eta": self.log_eta.exp()} if self.attn_norm == "symax" else {}
+        self.normalizer.add_parameters(self, config, layer_idx)  # η, λ, sink logits, ... (after c_attn, c_proj)
 
     def qkv(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, d)
+        """q, k, v as (B, heads, T, head_dim), in the normalizer's head layout."""
+        return self.normalizer.split_heads(*self.c_attn(x).split(self.qkv_sizes, dim=2), self.n_head)
 
-    def use_fused(self, x, dropout_p):
-        return kernels.use_fused(self.attn_norm, self.attn_impl, x.device.type, dropout_p)
-
-    def attend(self, q, k, v, dropout_p):
-        if self.use_fused(q, dropout_p):
-            return kernels.attention(self.attn_norm, q, k, v, dropout_p, **self.norm_args())
-        return reference_attention(q, k, v, ATTN_NORMS[self.attn_norm], dropout_p, **self.norm_args())
+    def norm_args(self, x=None):
+        """The tensors the normalizer needs besides q, k, v (η, λ, ...), shared by the reference and fused paths."""
+        return self.normalizer.args(self, x)
 
     def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.qkv(x)
-        y = self.attend(q, k, v, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        dropout_p = self.dropout if self.training else 0.0
+        y = normalizers.attention(self.attn_norm, q, k, v, dropout_p, self.attn_impl, **self.norm_args(x))
+        y = self.normalizer.merge_heads(self, y).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     @torch.no_grad()
     def attention_probs(self, x):
-        """The (B, H, T, T) attention weights for analysis (for diff: (B, H/2, T, T), the signed A1 - λ·A2)."""
+        """The attention weights over the real keys for analysis: (B, H, T, T), or the normalizer's own heads
+        (diff: (B, H/2, T, T), the signed A1 − λ·A2)."""
         q, k, _ = self.qkv(x)
-        return reference_weights(q, k, ATTN_NORMS[self.attn_norm], **self.norm_args())
-
-
-class DiffAttention(CausalSelfAttention):
-    """Differential attention in the official code's layout: sub-heads (2i, 2i+1) of q and k are (Q1, Q2)
-    and (K1, K2) of head i, whose value head is 2d wide; H/2 heads in all, so c_attn/c_proj keep the shapes
-    of softmax attention with H heads."""
-
-    def __init__(self, config, layer_idx):
-        super().__init__(config, layer_idx)
-        d = config.n_embd // config.n_head
-        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
-        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
-            nn.Parameter(torch.randn(d) * 0.1) for _ in range(4)
-        )
-        self.subln = nn.RMSNorm(2 * d, eps=1e-5, elementwise_affine=True)
-
-    def norm_args(self):
-        lam1 = torch.exp(torch.dot(self.lambda_q1, self.lambda_k1).float())
-        lam2 = torch.exp(torch.dot(self.lambda_q2, self.lambda_k2).float())
-        return {"lam": lam1 - lam2 + self.lambda_init}
-
-    def qkv(self, x):
-        q, k, v = super().qkv(x)
-        B, H, T, d = v.shape
-        v = v.transpose(1, 2).reshape(B, T, H // 2, 2 * d).transpose(1, 2)  # (B, H/2, T, 2d)
-        return q, k, v
-
-    def attend(self, q, k, v, dropout_p):
-        y = super().attend(q, k, v, dropout_p)
-        return (self.subln(y.float()) * (1 - self.lambda_init)).type_as(y)  # fp32 norm, as under autocast
+        return self.normalizer.probs(q, k, **self.norm_args(x))
 
 
 class MLP(nn.Module):
@@ -220,8 +121,7 @@ class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        attention = DiffAttention if config.attn_norm == "diff" else CausalSelfAttention
-        self.attn = attention(config, layer_idx)
+        self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -289,19 +189,21 @@ class GPT(nn.Module):
         return logits, loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # Decay every matrix (matmul weights, embeddings); not biases, norms, λ or η.
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        # Decay every matrix (matmul weights, embeddings); not biases, norms, λ, η, nor what the normalizer exempts.
+        exempt = normalizers.get(self.config.attn_norm).no_weight_decay
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p.dim() >= 2 and n.rsplit(".", 1)[-1] not in exempt for n, p in params]
+        groups = [{"params": [p for (_, p), d in zip(params, decay) if d], "weight_decay": weight_decay},
+                  {"params": [p for (_, p), d in zip(params, decay) if not d], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B. diff's value heads
-        are 2d wide, so its attention-times-value matmul costs twice softmax's: 1.5x the attention FLOPs."""
+        """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B, with the attention
+        term scaled by the normalizer's attn_flops (diff: 1.5, its value heads are 2d wide)."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        attn = 12 * L * H * Q * T * (1.5 if cfg.attn_norm == "diff" else 1.0)
+        attn = 12 * L * H * Q * T * normalizers.get(cfg.attn_norm).attn_flops
         return 6 * self.get_num_params() + attn
 
     def estimate_mfu(self, tokens_per_iter, dt, device_name):
@@ -310,12 +212,15 @@ class GPT(nn.Module):
         return None if peak is None else self.flops_per_token() * tokens_per_iter / dt / peak
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after the (b, t) prompt idx; call model.eval() first."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_size=None):
+        """Sample max_new_tokens after the (b, t) prompt idx; call model.eval() first. vocab_size: the real
+        vocabulary (the embedding may be padded, e.g. GPT-2's 50257 to 50304): padding ids are never sampled."""
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :] / temperature
+            if vocab_size is not None:
+                logits[:, vocab_size:] = -float("Inf")
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("Inf")

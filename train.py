@@ -3,9 +3,11 @@ Train a GPT whose attention normalizer is a config flag. nanoGPT's loop: one pro
 
     python train.py config/shakespeare_char/cpu.py --attn_norm=softmax1
     torchrun --standalone --nproc_per_node=8 train.py config/softmax1.py      (or ./run_training.sh)
+    python train.py --help                                                     (every setting, with its default)
 
-Settings come from the TrainConfig defaults, then config files (plain Python assignments), then --key=value
-overrides, in argument order. Every setting is saved in the checkpoint and logged to metrics.jsonl and wandb.
+Settings come from TrainConfig's defaults (the model's own from GPTConfig, which it extends), then config files
+(plain Python assignments), then --key=value overrides, in argument order. Every setting is saved in the
+checkpoint and logged to metrics.jsonl and wandb.
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,76 +26,354 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import kernels
+import configurator
+import normalizers
+import runtime
 from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from config import ConfigError, load_config
-from model import GPT
+from configurator import ConfigError
+from model import GPT, GPTConfig
+from prepare_data import DataError, load_prepared, tokenizer_identity
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def default_dtype():
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+@dataclass
+class TrainConfig(GPTConfig):
+    DERIVED = {"vocab_size": "it is the dataset's (meta.json), padded by runtime.padded_vocab_size"}
+    # I/O
+    out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>-s<seed>
+    eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
+    log_interval: int = 1  # log the training loss every this many iterations
+    eval_iters: int = 200  # batches per split in each evaluation
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
+    keep_checkpoints: int = 1  # keep this many newest checkpoints (ckpt.pt plus ckpt-<iter>.pt)
+    init_from: str = "auto"  # 'scratch', 'resume' (out_dir/ckpt.pt), or 'auto' (resume if one exists)
+    log_stats: bool = True  # kurtosis, outliers and attention statistics at every eval (see analysis/)
+    # wandb
+    wandb_log: bool = False  # log to wandb too (WANDB_MODE=offline works without network)
+    wandb_project: str = "attnorm"  # the wandb project
+    wandb_run_name: str = ""  # empty: '<attn_norm>-s<seed>'
+    # data
+    dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
+    gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
+    batch_size: int = 12  # sequences per micro-step and rank
+    finetune_other_dataset: bool = False  # resume a checkpoint trained on another dataset with the same tokenizer
+    # AdamW
+    learning_rate: float = 6e-4  # peak learning rate
+    max_iters: int = 600000  # total iterations
+    weight_decay: float = 1e-1  # AdamW weight decay of the matrices
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # clip the gradient norm to this; 0 disables clipping
+    max_nonfinite_steps: int = 10  # skip steps with a NaN/Inf loss or gradient; stop after this many in a row
+    # learning rate schedule: linear warmup, cosine decay to min_lr
+    decay_lr: bool = True  # False: constant learning_rate
+    warmup_iters: int = 2000  # linear warmup iterations
+    lr_decay_iters: int = 600000  # the cosine reaches min_lr here
+    min_lr: float = 6e-5  # the final learning rate
+    # system
+    seed: int = 1337  # the initial weights, the data order and dropout
+    device: str = dataclasses.field(default_factory=default_device)  # cpu, cuda, cuda:1, mps
+    dtype: str = dataclasses.field(default_factory=default_dtype)  # float32, bfloat16, float16
+    compile: bool = True  # torch.compile the model
+
+    def validate(self, world_size=1):
+        """Every check that needs no data, with the number of processes the run will use."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is float and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
+        try:
+            self.check()  # the model's settings (GPTConfig and the normalizers' own)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size",
+                    "keep_checkpoints", "learning_rate")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES)}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device={self.device!r}: use cpu, cuda, cuda:N or mps")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is visible: use --device=cpu")
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("device=mps but this torch has no MPS (Apple GPU) backend: use --device=cpu")
+        if self.gradient_accumulation_steps % world_size:
+            raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "
+                              f"multiple of the number of processes ({world_size})")
+        reason = normalizers.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.dropout)
+        if self.attn_impl == "fused" and reason:
+            raise ConfigError(f"attn_impl=fused cannot run attn_norm={self.attn_norm} on {self.device}: {reason}. "
+                              f"Use attn_impl=auto (the reference where no fused kernel runs) or reference")
+
+    def model_config(self, vocab_size=50304):
+        return GPTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GPTConfig)}
+                         | {"vocab_size": vocab_size})
+
+
+def load_config(argv):
+    return configurator.load(TrainConfig, argv)
+
+
+def help_text():
+    norm_settings = {k: ("normalizer settings", s.help) for k, s in normalizers.settings().items()}
+    norm_settings["attn_norm"] = ("model", "the attention normalizer: " + ", ".join(normalizers.NORMALIZERS))
+    return __doc__.strip() + "\n\nSettings (--key=value; default):\n" + configurator.help_text(TrainConfig, norm_settings)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a loss that stays NaN/Inf): reported like ConfigError, in one line."""
 
 
-def load_dataset(cfg):
-    """Check the prepared data once, up front, so a bad dataset fails before any compute is spent."""
-    data_dir = Path("data") / cfg.dataset
-    if not (data_dir / "meta.json").exists():
-        raise ConfigError(f"dataset {cfg.dataset!r} is not prepared (no {data_dir}/meta.json): run "
-                         f"python prepare_data.py {cfg.dataset}")
-    redo = f"re-run python prepare_data.py {cfg.dataset} --force"
-    try:
-        meta = json.loads((data_dir / "meta.json").read_text())
-        dtype = np.dtype(meta["dtype"])
-        vocab_size, counts = meta["vocab_size"], {s: meta[f"{s}_tokens"] for s in ("train", "val")}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): {redo}") from None
-    if any(type(n) is not int or n < 0 for n in counts.values()):
-        raise ConfigError(f"{data_dir}/meta.json: token counts {counts} are not counts: {redo}")
-    if dtype.kind != "u" or type(vocab_size) is not int or not 0 < vocab_size <= np.iinfo(dtype).max + 1:
-        raise ConfigError(f"{data_dir}/meta.json: vocab_size {vocab_size!r} does not fit token dtype {dtype}: "
-                         f"{redo}")
-    if meta.get("tokenizer") == "char" and len(meta.get("chars", "")) != vocab_size:
-        raise ConfigError(f"{data_dir}/meta.json lists {len(meta.get('chars', ''))} characters but vocab_size "
-                         f"{vocab_size}: {redo}")
-    data = {}
-    for split in ("train", "val"):
-        path = data_dir / f"{split}.bin"
-        size = path.stat().st_size if path.exists() else 0
-        if size % dtype.itemsize or size // dtype.itemsize != counts[split]:
-            raise ConfigError(f"{path} holds {size} bytes, but meta.json promises {counts[split]} {dtype} tokens "
-                             f"({counts[split] * dtype.itemsize} bytes): the data is incomplete or damaged, {redo}")
-        if counts[split] <= cfg.block_size:
-            raise ConfigError(f"{split} split has {counts[split]} tokens, too few for one block of "
-                             f"block_size={cfg.block_size}+1: lower block_size or use more data")
-        data[split] = np.memmap(path, dtype=dtype, mode="r")
-        # Token ids beyond the vocabulary would index past the embedding; check a prefix of big files.
-        if int(data[split][: 100_000_000].max()) >= vocab_size:
-            raise ConfigError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
-                             f"match its meta.json, {redo}")
-    return data, meta
+# ---- model, optimizer and state: from scratch or from the checkpoint in out_dir ----
 
+@dataclass
+class TrainState:
+    """What the loop changes, saved in every checkpoint with the model and optimizer."""
+    iter_num: int
+    best_val_loss: float
+    data_rng: torch.Generator  # draws the global batch: the same sequences whatever the number of processes
+    nonfinite_in_a_row: int = 0
+
+
+def find_checkpoint(cfg, out_dir):
+    """out_dir/ckpt.pt if this run resumes from it, else None (after refusing what would lose or mix runs)."""
+    ckpt_path = out_dir / CKPT_NAME
+    kept = sorted(p.name for p in out_dir.glob("ckpt-*.pt"))
+    if kept and not ckpt_path.exists():  # a fresh run would prune them (keep_checkpoints): never lose them
+        raise ConfigError(f"{out_dir} holds older checkpoints ({', '.join(kept)}) but no {CKPT_NAME}: copy the one "
+                          f"to resume from to {ckpt_path}, or choose a new out_dir")
+    if cfg.init_from == "resume" and not ckpt_path.exists():
+        raise ConfigError(f"init_from=resume but there is no {ckpt_path}: use init_from=scratch or auto")
+    if cfg.init_from == "scratch" and ckpt_path.exists():
+        raise ConfigError(f"{ckpt_path} exists and init_from=scratch would overwrite it: resume with "
+                          f"init_from=auto, or choose a new out_dir")
+    return ckpt_path if cfg.init_from == "resume" or ckpt_path.exists() else None
+
+
+def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
+    """Refuse to continue a checkpoint with another model, tokenizer or dataset."""
+    try:
+        saved = dataclasses.asdict(GPTConfig.from_saved(ckpt["model_args"]))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{ckpt_path}: {e}. Use another out_dir") from None
+    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(model_config).items()
+               if k != "attn_impl" and saved.get(k) != v}
+    if changed:
+        raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
+            f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
+    saved_meta = ckpt.get("meta") or {}
+    if tokenizer_identity(saved_meta) != tokenizer_identity(meta):
+        raise ConfigError(f"{ckpt_path} was trained with another tokenizer (dataset "
+                          f"{ckpt['config'].get('dataset')!r}) than dataset {cfg.dataset!r} has: its token ids mean "
+                          f"other things here. Use another out_dir")
+    if ckpt["config"].get("dataset") != cfg.dataset and not cfg.finetune_other_dataset:
+        raise ConfigError(f"{ckpt_path} was trained on dataset {ckpt['config'].get('dataset')!r}, not "
+                          f"{cfg.dataset!r}: use another out_dir, or --finetune_other_dataset=True to go on "
+                          f"training it on {cfg.dataset!r} (same tokenizer)")
+
+
+def build(cfg, meta, out_dir, dist_ctx):
+    """The model, its optimizer and GradScaler, and the training state: fresh, or as saved in out_dir."""
+    ckpt_path = find_checkpoint(cfg, out_dir)
+    model_config = cfg.model_config(runtime.padded_vocab_size(meta["vocab_size"]))
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt is not None:
+        check_resumable(ckpt, ckpt_path, model_config, cfg, meta)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone (two runs start identical)
+    model = GPT(model_config).to(dist_ctx.device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    device_type = dist_ctx.device.split(":")[0]
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == "float16")
+    state = TrainState(0, float("inf"), torch.Generator().manual_seed(cfg.seed))
+    torch.manual_seed(cfg.seed + dist_ctx.rank)  # dropout: per rank
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.iter_num, state.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        state.data_rng.set_state(ckpt["data_rng"])
+        if len(ckpt["rng"]) == dist_ctx.world_size:
+            torch.set_rng_state(ckpt["rng"][dist_ctx.rank]["cpu"])
+            if "cuda" in ckpt["rng"][dist_ctx.rank] and device_type == "cuda":
+                torch.cuda.set_rng_state(ckpt["rng"][dist_ctx.rank]["cuda"])
+    return model, optimizer, scaler, state, ckpt_path
+
+
+def save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx):
+    """Every rank hands in its RNG state; rank 0 writes the checkpoint atomically (checkpoint.py)."""
+    rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if "cuda" in dist_ctx.device else {})}
+    rngs = [rng] * dist_ctx.world_size
+    if dist_ctx.ddp:
+        dist.all_gather_object(rngs, rng)
+    if not dist_ctx.master:
+        return
+    if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        kept = f"the last good checkpoint {out_dir / CKPT_NAME}" if (out_dir / CKPT_NAME).exists() else "nothing"
+        raise TrainingError(f"parameters are not finite at iter {state.iter_num}; refusing to overwrite {kept} "
+                            f"with them: lower learning_rate" + (" and resume" if "checkpoint" in kept else ""))
+    save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(raw_model.config),
+                     "config": dataclasses.asdict(cfg), "iter_num": state.iter_num,
+                     "best_val_loss": state.best_val_loss, "data_rng": state.data_rng.get_state(), "rng": rngs,
+                     "meta": meta}, out_dir, cfg.keep_checkpoints)
+
+
+# ---- data, evaluation, learning rate ----
+
+def load_dataset(cfg):
+    """data/<dataset>, checked once, up front, so a bad dataset fails before any compute is spent."""
+    try:
+        return load_prepared(Path("data") / cfg.dataset, cfg.block_size)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def get_batch(data, offsets, cfg, device):
+    x = torch.stack([torch.from_numpy(data[i:i + cfg.block_size].astype(np.int64)) for i in offsets])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + cfg.block_size].astype(np.int64)) for i in offsets])
+    if device.startswith("cuda"):  # pinned memory lets the host-to-device copy overlap compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def sample_offsets(data, n, generator, block_size):
+    return torch.randint(len(data) - block_size, (n,), generator=generator).tolist()
+
+
+@torch.no_grad()
+def estimate_loss(model, data, cfg, autocast, dist_ctx):
+    """Mean loss over eval_iters batches per split, the same batches at every eval and for any number of
+    processes: one generator draws them all, and rank r evaluates batches r, r + world_size, ..."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        rng = torch.Generator().manual_seed(cfg.seed + 1)
+        losses = torch.zeros(cfg.eval_iters, device=dist_ctx.device)
+        for k in range(cfg.eval_iters):
+            offsets = sample_offsets(data[split], cfg.batch_size, rng, cfg.block_size)
+            if k % dist_ctx.world_size == dist_ctx.rank:
+                with autocast:
+                    losses[k] = model(*get_batch(data[split], offsets, cfg, dist_ctx.device))[1]
+        if dist_ctx.ddp:
+            dist.all_reduce(losses)  # each batch's loss is on one rank, zeros elsewhere
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def get_lr(it, cfg):
+    """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# ---- one training step ----
+
+def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx):
+    """Forward/backward over the global batch (this rank's share), clip, step. Returns (mean loss, grad norm)
+    as tensors, and whether the step was applied (False: a NaN/Inf loss or gradient, skipped)."""
+    world_size, rank = dist_ctx.world_size, dist_ctx.rank
+    micro_steps = cfg.gradient_accumulation_steps // world_size
+    offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size)
+    loss_sum = torch.zeros((), device=dist_ctx.device)
+    for micro_step in range(micro_steps):
+        # This rank's share of the global batch: micro-batches rank, rank + world_size, ...
+        start = (micro_step * world_size + rank) * cfg.batch_size
+        X, Y = get_batch(data, offsets[start:start + cfg.batch_size], cfg, dist_ctx.device)
+        # Gradients are all-reduced only on the last micro-step.
+        sync = nullcontext() if not dist_ctx.ddp or micro_step == micro_steps - 1 else model.no_sync()
+        with sync, autocast:
+            loss = model(X, Y)[1] / micro_steps
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
+    if dist_ctx.ddp:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    # A NaN/Inf step would poison the weights (and every later checkpoint): skip it. (fp16's GradScaler skips
+    # such steps itself and lowers its scale.)
+    applied = scaler.is_enabled() or bool(torch.isfinite(grad_norm) and torch.isfinite(loss_sum))
+    if applied:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, applied
+
+
+# ---- logging ----
+
+class MetricsLog:
+    """One JSON line per event in out_dir/metrics.jsonl (rank 0), the same to wandb when asked for."""
+
+    def __init__(self, cfg, out_dir, tokens_per_iter, master):
+        self.file = open(out_dir / "metrics.jsonl", "a") if master else None
+        self.tokens_per_iter, self.wandb = tokens_per_iter, None
+        if cfg.wandb_log and master:
+            import wandb
+            run_name = cfg.wandb_run_name or f"{cfg.attn_norm}-s{cfg.seed}"
+            wandb.init(project=cfg.wandb_project, name=run_name, config=dataclasses.asdict(cfg), dir=str(out_dir),
+                       id=f"{run_name}-{hashlib.md5(str(out_dir.resolve()).encode()).hexdigest()[:8]}",
+                       resume="allow")
+            self.wandb = wandb
+
+    def record(self, iter_num, event):
+        if self.file is None:
+            return
+        event = {"iter": iter_num, "tokens": iter_num * self.tokens_per_iter, **event}
+        self.file.write(json.dumps(event) + "\n")
+        self.file.flush()
+        if self.wandb is not None and event["event"] in ("train", "eval"):  # the settings went to wandb.init
+            # One lr per step: the train record's (the rate its step used), not the eval's (the next step's).
+            skip = ("event", "iter") + (("lr",) if event["event"] == "eval" else ())
+            self.wandb.log({k: v for k, v in event.items() if k not in skip}, step=iter_num)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ---- the run ----
 
 def main(argv):
     cfg = load_config(argv)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    cfg.validate(world_size)
+    cfg.validate(int(os.environ.get("WORLD_SIZE", 1)))
     cfg.out_dir = cfg.out_dir or f"out/{cfg.dataset}-{cfg.n_layer}x{cfg.n_embd}-{cfg.attn_norm}-s{cfg.seed}"
-    if ddp:
-        cfg.device = f"cuda:{os.environ['LOCAL_RANK']}" if cfg.device.startswith("cuda") else cfg.device
-        dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") else "gloo")
-        if cfg.device.startswith("cuda"):
-            torch.cuda.set_device(cfg.device)
-    rank = dist.get_rank() if ddp else 0
-    master = rank == 0
-    device_type = cfg.device.split(":")[0]
-    micro_steps = cfg.gradient_accumulation_steps // world_size
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    log = print if master else (lambda *a, **k: None)
-
+    dist_ctx = runtime.setup_distributed(cfg.device)
+    log = print if dist_ctx.master else (lambda *a, **k: None)
     data, meta = load_dataset(cfg)
     out_dir = Path(cfg.out_dir)
-    if master:
+    if dist_ctx.master:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -100,225 +381,96 @@ def main(argv):
         if not os.access(out_dir, os.W_OK):
             raise ConfigError(f"out_dir {out_dir} is not writable: choose another --out_dir")
 
-    # ---- model and optimizer, from scratch or from the checkpoint in out_dir ----
-    ckpt_path = out_dir / CKPT_NAME
-    kept = sorted(p.name for p in out_dir.glob("ckpt-*.pt"))
-    if kept and not ckpt_path.exists():  # a fresh run would prune them (keep_checkpoints): never lose them
-        raise ConfigError(f"{out_dir} holds older checkpoints ({', '.join(kept)}) but no {CKPT_NAME}: copy the one "
-                         f"to resume from to {ckpt_path}, or choose a new out_dir")
-    resume = cfg.init_from == "resume" or (cfg.init_from == "auto" and ckpt_path.exists())
-    if cfg.init_from == "resume" and not ckpt_path.exists():
-        raise ConfigError(f"init_from=resume but there is no {ckpt_path}: use init_from=scratch or auto")
-    if cfg.init_from == "scratch" and ckpt_path.exists():
-        raise ConfigError(f"{ckpt_path} exists and init_from=scratch would overwrite it: resume with "
-                         f"init_from=auto, or choose a new out_dir")
-    # The char vocab is used as is; GPT-2's 50257 is padded to 50304, a multiple of 64, for speed.
-    vocab_size = meta["vocab_size"] if meta["vocab_size"] < 50257 else 50304
-    model_config = cfg.model_config(vocab_size)
-    ckpt = load_checkpoint(ckpt_path) if resume else None
-    if ckpt is not None:
-        saved = ckpt["model_args"]
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(model_config).items()
-                   if k != "attn_impl" and saved.get(k) != v}
-        if changed:
-            raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
-                f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
-    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone (two runs start identical)
-    model = GPT(model_config).to(cfg.device)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: "
-        f"{kernels.describe(cfg.attn_norm, cfg.attn_impl, device_type, cfg.dropout)}")
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == "float16")
-    iter_num, best_val_loss = 0, float("inf")
-    # Training batches are drawn for the whole global batch from one generator shared by all ranks, so
-    # the run sees the same sequences whatever the number of processes; dropout RNG is per rank.
-    data_rng = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed + rank)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        data_rng.set_state(ckpt["data_rng"])
-        if len(ckpt["rng"]) == world_size:
-            torch.set_rng_state(ckpt["rng"][rank]["cpu"])
-            if "cuda" in ckpt["rng"][rank] and device_type == "cuda":
-                torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"])
-        log(f"resumed from {ckpt_path} at iter {iter_num}")
-        del ckpt
-    raw_model = model
+    model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
+    raw_model, device_type = model, dist_ctx.device.split(":")[0]
+    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, device_type, cfg.dropout)
+    log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: {attention}")
+    if ckpt_path:
+        log(f"resumed from {ckpt_path} at iter {state.iter_num}")
     if cfg.compile:
         model = torch.compile(model)
-    if ddp:
+    if dist_ctx.ddp:
         model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    autocast = nullcontext() if cfg.dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
-
-    def get_batch(split, offsets):
-        x = torch.stack([torch.from_numpy(data[split][i:i + cfg.block_size].astype(np.int64)) for i in offsets])
-        y = torch.stack([torch.from_numpy(data[split][i + 1:i + 1 + cfg.block_size].astype(np.int64)) for i in offsets])
-        if device_type == "cuda":  # pinned memory lets the host-to-device copy overlap compute
-            return x.pin_memory().to(cfg.device, non_blocking=True), y.pin_memory().to(cfg.device, non_blocking=True)
-        return x.to(cfg.device), y.to(cfg.device)
-
-    def sample_offsets(split, n, generator):
-        return torch.randint(len(data[split]) - cfg.block_size, (n,), generator=generator).tolist()
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches per split; the same batches at every eval (own generator)."""
-        model.eval()
-        out = {}
-        for split in ("train", "val"):
-            rng = torch.Generator().manual_seed(cfg.seed + 1 + rank)
-            losses = torch.zeros(cfg.eval_iters, device=cfg.device)
-            for k in range(cfg.eval_iters):
-                with autocast:
-                    losses[k] = model(*get_batch(split, sample_offsets(split, cfg.batch_size, rng)))[1]
-            loss = losses.mean()
-            if ddp:
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-            out[split] = loss.item()
-        model.train()
-        return out
-
-    def get_lr(it):
-        if not cfg.decay_lr:
-            return cfg.learning_rate
-        if it < cfg.warmup_iters:
-            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-        if it > cfg.lr_decay_iters:
-            return cfg.min_lr
-        ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-    def save():
-        rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if device_type == "cuda" else {})}
-        rngs = [rng] * world_size
-        if ddp:
-            dist.all_gather_object(rngs, rng)
-        if not master:
-            return
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise TrainingError(f"parameters are not finite at iter {iter_num}; refusing to overwrite the last good "
-                                f"checkpoint in {out_dir}: resume from it with a lower learning_rate")
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(model_config),
-                 "config": dataclasses.asdict(cfg), "iter_num": iter_num, "best_val_loss": best_val_loss,
-                 "data_rng": data_rng.get_state(), "rng": rngs, "meta": meta}
-        save_checkpoint(state, out_dir, cfg.keep_checkpoints)
-
-    metrics = open(out_dir / "metrics.jsonl", "a") if master else None
-    wandb = None
-    if cfg.wandb_log and master:
-        import wandb
-        run_name = cfg.wandb_run_name or f"{cfg.attn_norm}-s{cfg.seed}"
-        wandb.init(project=cfg.wandb_project, name=run_name, config=dataclasses.asdict(cfg), dir=str(out_dir),
-                   id=f"{run_name}-{hashlib.md5(str(out_dir.resolve()).encode()).hexdigest()[:8]}", resume="allow")
-
-    def record(event):
-        """One JSON line per log/eval event in out_dir/metrics.jsonl, and the same to wandb."""
-        event = {"iter": iter_num, "tokens": iter_num * tokens_per_iter, **event}
-        metrics.write(json.dumps(event) + "\n")
-        metrics.flush()
-        if wandb is not None and event["event"] in ("train", "eval"):  # the settings went to wandb.init
-            # One lr per step: the train record's (the rate its step used), not the eval's (the next step's).
-            skip = ("event", "iter") + (("lr",) if event["event"] == "eval" else ())
-            wandb.log({k: v for k, v in event.items() if k not in skip}, step=iter_num)
-
-    if master:
-        record({"event": "resume" if resume else "start", "config": dataclasses.asdict(cfg),
-                "world_size": world_size, "attention": kernels.describe(cfg.attn_norm, cfg.attn_impl,
-                                                                        device_type, cfg.dropout)})
+    autocast = runtime.autocast(device_type, cfg.dtype)
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
+    metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
+                                    "world_size": dist_ctx.world_size, "attention": attention})
     probe = None
     if cfg.log_stats:
         from analysis.stats import model_stats, probe_batch
-        probe = probe_batch(data["val"], cfg.block_size).to(cfg.device)
+        probe = probe_batch(data["val"], cfg.block_size).to(dist_ctx.device)
 
-    # ---- the training loop ----
-    device_name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
-    nonfinite_in_a_row, t0, t0_iter = 0, time.time(), iter_num
+    device_name = runtime.device_name(dist_ctx.device)
+    t0, t0_iter = time.time(), state.iter_num
     while True:
-        lr = get_lr(iter_num)
+        lr = get_lr(state.iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            losses = estimate_loss()
+        if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
+            losses = estimate_loss(model, data, cfg, autocast, dist_ctx)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
-            if probe is not None and master:
+            if probe is not None and dist_ctx.master:
                 t_stats = time.time()
                 event.update(model_stats(raw_model, probe))
                 event["stats_s"] = time.time() - t_stats
-            log(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if master:
-                record(event)
-            if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0:
-                    save()
-            t0, t0_iter = time.time(), iter_num  # timings exclude evaluation and checkpointing
-        if iter_num >= cfg.max_iters or cfg.eval_only:
+            log(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            metrics.record(state.iter_num, event)
+            if losses["val"] < state.best_val_loss or cfg.always_save_checkpoint:
+                state.best_val_loss = min(state.best_val_loss, losses["val"])
+                if state.iter_num > 0:
+                    save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx)
+            t0, t0_iter = time.time(), state.iter_num  # timings exclude evaluation and checkpointing
+        if state.iter_num >= cfg.max_iters or cfg.eval_only:
             break
 
-        offsets = sample_offsets("train", cfg.gradient_accumulation_steps * cfg.batch_size, data_rng)
-        loss_sum = torch.zeros((), device=cfg.device)
-        for micro_step in range(micro_steps):
-            # This rank's share of the global batch: micro-batches rank, rank + world_size, ...
-            start = (micro_step * world_size + rank) * cfg.batch_size
-            X, Y = get_batch("train", offsets[start:start + cfg.batch_size])
-            # Gradients are all-reduced only on the last micro-step.
-            sync = nullcontext() if not ddp or micro_step == micro_steps - 1 else model.no_sync()
-            with sync, autocast:
-                loss = model(X, Y)[1] / micro_steps
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-        if ddp:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        if not (torch.isfinite(grad_norm) and torch.isfinite(loss_sum)) and not scaler.is_enabled():
-            # A NaN/Inf step would poison the weights (and every later checkpoint): skip it.
-            nonfinite_in_a_row += 1
-            log(f"iter {iter_num}: non-finite loss {loss_sum.item()} or grad norm {grad_norm.item()}; "
-                f"step skipped ({nonfinite_in_a_row} in a row)")
-            if master:
-                record({"event": "nonfinite", "loss": loss_sum.item(), "grad_norm": grad_norm.item(),
-                        "in_a_row": nonfinite_in_a_row})
-            if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                raise TrainingError(f"{nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: lower "
-                                    f"learning_rate, use dtype=bfloat16/float32, or check the data. The last "
-                                    f"good checkpoint in {out_dir} is untouched.")
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
+        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
+                                              autocast, dist_ctx)
+        state.iter_num += 1
+        if not applied:
+            state.nonfinite_in_a_row += 1
+            log(f"iter {state.iter_num - 1}: non-finite loss {loss.item()} or grad norm {grad_norm.item()}; "
+                f"step skipped ({state.nonfinite_in_a_row} in a row)")
+            metrics.record(state.iter_num - 1, {"event": "nonfinite", "loss": loss.item(),
+                                                "grad_norm": grad_norm.item(), "in_a_row": state.nonfinite_in_a_row})
+            if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise TrainingError(nonfinite_message(cfg, state, out_dir))
             continue
-        nonfinite_in_a_row = 0
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-
-        if iter_num % cfg.log_interval == 0 and master:
+        state.nonfinite_in_a_row = 0
+        if state.iter_num % cfg.log_interval == 0 and dist_ctx.master:
             if device_type == "cuda":
                 torch.cuda.synchronize()
-            dt = (time.time() - t0) / (iter_num - t0_iter)
-            t0, t0_iter = time.time(), iter_num
+            dt = (time.time() - t0) / (state.iter_num - t0_iter)
+            t0, t0_iter = time.time(), state.iter_num
             mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name)
-            record({"event": "train", "loss": loss_sum.item(), "grad_norm": grad_norm.item(), "lr": lr,
-                    "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt, "mfu": mfu})
-            print(f"iter {iter_num}: loss {loss_sum.item():.4f}, {dt * 1000:.1f} ms, "
+            metrics.record(state.iter_num, {"event": "train", "loss": loss.item(), "grad_norm": grad_norm.item(),
+                                            "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
+                                            "mfu": mfu})
+            print(f"iter {state.iter_num}: loss {loss.item():.4f}, {dt * 1000:.1f} ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
 
-    if master:
-        metrics.close()
-        if wandb is not None:
-            wandb.finish()
-    if ddp:
-        dist.barrier()  # no rank tears the group down while rank 0 still writes the final checkpoint
-        dist.destroy_process_group()
+    metrics.close()
+    dist_ctx.close()
+
+
+def nonfinite_message(cfg, state, out_dir):
+    """Why the run stops after max_nonfinite_steps NaN/Inf steps, naming the likely cause and what is on disk."""
+    iter_num = state.iter_num - 1
+    causes = "lower learning_rate, use dtype=bfloat16/float32, or check the data"
+    if cfg.learning_rate > 1:
+        causes = f"lower learning_rate ({cfg.learning_rate} is far too high)"
+    elif cfg.grad_clip == 0:
+        causes = "lower learning_rate or clip gradients (grad_clip=1.0; it is 0, off)"
+    ckpt = out_dir / CKPT_NAME
+    kept = (f"The last good checkpoint, {ckpt}, is untouched: resume from it after the fix" if ckpt.exists() else
+            "No checkpoint was written (none before the first eval after a good step)")
+    return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: {causes}. {kept}."
 
 
 if __name__ == "__main__":
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        print(help_text())
+        sys.exit(0)
     try:
         main(sys.argv[1:])
     except (ConfigError, CheckpointError, TrainingError) as e:

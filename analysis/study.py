@@ -432,7 +432,7 @@ def main(argv=None):
         p.error("--jobs must be >= 1")
 
     import prepare_data
-    from config import ConfigError, load_config
+    from train import ConfigError, load_config
     t0 = time.time()
     norms, seeds = args.norms.split(","), [int(s) for s in args.seeds.split(",")]
     study_dir = Path(args.study_root) / (args.name or Path(args.config).stem)

@@ -9,8 +9,8 @@ Value dim 2d ≠ qk dim d is the catch: the flash kernels (CPU and CUDA) need eq
 then falls back to its math path, which materialises T×T. Padding q and k with d zero columns (scale stays
 1/√d) keeps every score and lets SDPA pick its flash kernel everywhere. Cost, honestly: the exact FLOPs are
 1.5× softmax attention's (QKᵀ at d, P·V at 2d); the padded QKᵀ runs at 2d, so 2× (4/3 of the exact count).
-On CPU (T=1024, d=64) that is 6× faster forward and 2.3× faster fwd+bwd than the math fallback; on CUDA the
-unpadded call would skip flash for a slower kernel at 1.5× FLOPs. benchmarks/attention.py reports the
+That is faster than the math fallback on CPU, and on CUDA the unpadded call would skip flash for a slower
+kernel at 1.5× FLOPs; benchmarks/attention.py measures it (results in benchmarks/results/) and reports the
 throughput of the exact FLOPs.
 No attention dropout: dropping entries of the combined map A1 − λA2 is not dropping A1 and A2 separately.
 """

@@ -23,6 +23,7 @@ from analysis.perplexity import main as perplexity_main
 from analysis.report import figures, write_report
 from analysis.stats import activation_stats, excess_kurtosis, model_stats, pearson_kurtosis
 from model import GPT, GPTConfig
+from normalizers import NORMALIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--max_iters=20", "--eval_interval=10", "--eval_iters=2", "--n_layer=2", "--n_embd=32", "--n_head=2",
@@ -193,7 +194,7 @@ def test_attention_stats_closed_form(attn_norm, score, sink_quiet):
         assert stats["attn_quiet/h.0"] > 0.99999  # the head attends to (almost) nothing
 
 
-@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "symax", "diff"])
+@pytest.mark.parametrize("attn_norm", NORMALIZERS)
 def test_model_stats_names_every_layer_and_point(attn_norm):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=4, n_embd=32, attn_norm=attn_norm))

@@ -1,5 +1,6 @@
 """
-The fused attention paths in kernels/ against the exact references in model.py (the oracle), plus the routing rules.
+The fused attention paths in kernels/ against the exact references of the normalizer specs (normalizers/), plus
+the routing rules.
 
 Errors are measured norm-wise, per output and per gradient: max |fused − reference| ≤ rtol·max |reference| + atol.
 The references compute in fp32 (at least), so the CPU comparisons run fp32 inputs with RTOL = 1e-4 (seen:
@@ -19,9 +20,15 @@ import math
 import pytest
 import torch
 
-import kernels
 import model
-from kernels import softmax1
+import normalizers
+from kernels import diff, softmax1
+from normalizers import NORMALIZERS, reference_attention
+
+try:
+    from kernels import symax
+except ImportError:  # no triton
+    symax = None
 
 RTOL, ATOL = 1e-4, 1e-6  # fp32, see above
 SHAPES = [  # (B, H, T, d): batch 1 and 2, ragged T, head_dims 8/16/64
@@ -31,8 +38,8 @@ SHAPES = [  # (B, H, T, d): batch 1 and 2, ragged T, head_dims 8/16/64
     (2, 2, 100, 8),
 ]
 
-needs_triton = pytest.mark.skipif(kernels.symax is None, reason="the symax kernel needs triton")
-interpreted = pytest.mark.skipif(kernels.symax is None or not kernels.symax.INTERPRET,
+needs_triton = pytest.mark.skipif(symax is None, reason="the symax kernel needs triton")
+interpreted = pytest.mark.skipif(symax is None or not symax.INTERPRET,
                                  reason="the symax kernel runs on CPU only with TRITON_INTERPRET=1 set before import")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -91,15 +98,15 @@ def softmax1_f64(q, k, v):
 @pytest.mark.parametrize("shape", SHAPES + [(1, 2, 33, 12)])  # d = 12 takes the pad-to-8 path
 def test_softmax1_matches_reference(shape, q_scale):
     inputs = qkv(*shape, q_scale=q_scale)
-    ref = lambda q, k, v: model.reference_attention(q, k, v, model.softmax1_weights)
-    assert_matches(kernels.softmax1_attention, ref, inputs, ("q", "k", "v"), atol=ATOL * q_scale)
+    ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS["softmax1"].weights)
+    assert_matches(softmax1.softmax1_attention, ref, inputs, ("q", "k", "v"), atol=ATOL * q_scale)
 
 
 @pytest.mark.parametrize("q_scale", [1.0, 30.0])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_softmax1_float64(shape, q_scale):
     inputs = qkv(*shape, dtype=torch.float64, q_scale=q_scale)
-    assert_matches(kernels.softmax1_attention, softmax1_f64, inputs, ("q", "k", "v"), rtol=1e-12, atol=1e-14 * q_scale)
+    assert_matches(softmax1.softmax1_attention, softmax1_f64, inputs, ("q", "k", "v"), rtol=1e-12, atol=1e-14 * q_scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -111,22 +118,22 @@ def test_softmax1_extreme_rows(dtype):
     sign = torch.where(torch.arange(T) % 2 == 0, -1.0, 1.0).to(dtype)  # even rows negative, odd rows positive
     q = (sign[:, None] * 250 * u + randn(B, H, T, d, dtype=dtype, seed=1)).requires_grad_()  # |s| ≈ 1000
     v = randn(B, H, T, d, dtype=dtype, seed=3).requires_grad_()
-    y, *grads = outputs_and_grads(kernels.softmax1_attention, (q, k, v))
+    y, *grads = outputs_and_grads(softmax1.softmax1_attention, (q, k, v))
     assert all(g.isfinite().all() for g in (y, *grads))
     assert y[:, :, 0::2].abs().max() < 1e-30
     softmax = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert rel_err(y[:, :, 1::2], softmax[:, :, 1::2]) < 1e-6
     if dtype == torch.float64:  # the float64 oracle: fp32 would round scores of ~1000 by ~6e-5
-        assert_matches(kernels.softmax1_attention, softmax1_f64, (q, k, v), ("q", "k", "v"), rtol=1e-12, atol=0)
+        assert_matches(softmax1.softmax1_attention, softmax1_f64, (q, k, v), ("q", "k", "v"), rtol=1e-12, atol=0)
     else:
-        ref = lambda q, k, v: model.reference_attention(q, k, v, model.softmax1_weights)
-        assert_matches(kernels.softmax1_attention, ref, (q, k, v), ("q", "k", "v"))
+        ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS["softmax1"].weights)
+        assert_matches(softmax1.softmax1_attention, ref, (q, k, v), ("q", "k", "v"))
 
 
 @pytest.mark.parametrize("d", [6, 8])
 def test_softmax1_gradcheck(d):
     inputs = qkv(1, 2, 5, d, dtype=torch.float64)
-    assert torch.autograd.gradcheck(kernels.softmax1_attention, inputs, fast_mode=True)
+    assert torch.autograd.gradcheck(softmax1.softmax1_attention, inputs, fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype, d, expected", [
@@ -157,7 +164,7 @@ def test_diff_matches_reference(shape, q_scale, dtype):
     B, H, T, d = shape
     q, k, v = qkv(B, H, T, d, dtype=dtype, q_scale=q_scale, v_shape=(B, H // 2, T, 2 * d))
     lam = torch.tensor(0.37, requires_grad=True)
-    assert_matches(kernels.diff_attention, lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), (q, k, v, lam), ("q", "k", "v", "lam"),
+    assert_matches(diff.diff_attention, lambda q, k, v, lam: reference_attention(q, k, v, NORMALIZERS["diff"].weights, lam=lam), (q, k, v, lam), ("q", "k", "v", "lam"),
                    atol=ATOL * q_scale)
 
 
@@ -167,8 +174,8 @@ def test_diff_matches_reference(shape, q_scale, dtype):
 
 def symax_pair():
     """(fused, reference) taking (q, k, v, log_eta), with η = exp(log_eta) as in the model."""
-    fused = lambda q, k, v, log_eta: kernels.symax.symax_attention(q, k, v, log_eta.exp())
-    ref = lambda q, k, v, log_eta: model.reference_attention(q, k, v, model.symax_weights, eta=log_eta.exp())
+    fused = lambda q, k, v, log_eta: symax.symax_attention(q, k, v, log_eta.exp())
+    ref = lambda q, k, v, log_eta: reference_attention(q, k, v, NORMALIZERS["symax"].weights, eta=log_eta.exp())
     return fused, ref
 
 
@@ -183,7 +190,7 @@ def test_symax_matches_reference(shape, q_scale):
 @interpreted
 def test_symax_interpreter_refuses_bf16():
     with pytest.raises(TypeError, match="miscomputes bf16"):
-        kernels.symax.symax_attention(*qkv(1, 2, 4, 16, dtype=torch.bfloat16), torch.ones(2))
+        symax.symax_attention(*qkv(1, 2, 4, 16, dtype=torch.bfloat16), torch.ones(2))
 
 
 @interpreted
@@ -205,7 +212,7 @@ def test_symax_strided_inputs():
     dy = randn(B, T, H, d, seed=5).transpose(1, 2)
     results = []
     for inputs in (views, contiguous):
-        y = kernels.symax.symax_attention(*inputs, eta)
+        y = symax.symax_attention(*inputs, eta)
         results.append([y, *torch.autograd.grad(y, inputs, dy)])
     assert not views[0].is_contiguous() and not dy.is_contiguous()
     for a, b in zip(*results):
@@ -244,57 +251,57 @@ def test_model_fused_matches_reference(attn_norm):
                 ids=["compiled", "interpreted"])
 def triton_interpret(request, monkeypatch):
     """Both answers of the import-time TRITON_INTERPRET check (the routing does not run a kernel)."""
-    monkeypatch.setattr(kernels.symax, "INTERPRET", request.param)
+    monkeypatch.setattr(symax, "INTERPRET", request.param)
     return request.param
 
 
 def test_auto_picks_the_fastest_exact_path(triton_interpret):
     for norm in ("softmax", "softmax1", "diff", "symax"):
-        assert kernels.use_fused(norm, "auto", "cpu", 0.0) == (norm in ("softmax", "softmax1"))  # measured fastest
-        assert kernels.use_fused(norm, "auto", "cuda", 0.0) == (norm != "symax" or not triton_interpret)
-        assert not kernels.use_fused(norm, "reference", "cuda", 0.0)
-    why = kernels.describe("symax", "auto", "cpu", 0.0)
+        assert normalizers.use_fused(norm, "auto", "cpu", 0.0) == (norm in ("softmax", "softmax1"))  # measured fastest
+        assert normalizers.use_fused(norm, "auto", "cuda", 0.0) == (norm != "symax" or not triton_interpret)
+        assert not normalizers.use_fused(norm, "reference", "cuda", 0.0)
+    why = normalizers.describe("symax", "auto", "cpu", 0.0)
     assert ("Triton's interpreter" if triton_interpret else "needs a CUDA GPU") in why
-    assert "reference is faster" in kernels.describe("diff", "auto", "cpu", 0.0)
-    assert kernels.use_fused("diff", "fused", "cpu", 0.0)  # still there when asked for
+    assert "reference is faster" in normalizers.describe("diff", "auto", "cpu", 0.0)
+    assert normalizers.use_fused("diff", "fused", "cpu", 0.0)  # still there when asked for
 
 
 def test_fused_symax(triton_interpret):
-    assert kernels.use_fused("symax", "fused", "cuda", 0.0)
+    assert normalizers.use_fused("symax", "fused", "cuda", 0.0)
     if triton_interpret:
-        assert kernels.use_fused("symax", "fused", "cpu", 0.0)
+        assert normalizers.use_fused("symax", "fused", "cpu", 0.0)
     else:
         with pytest.raises(RuntimeError, match="needs a CUDA GPU.*TRITON_INTERPRET=1.*attn_impl='auto'"):
-            kernels.use_fused("symax", "fused", "cpu", 0.0)
+            normalizers.use_fused("symax", "fused", "cpu", 0.0)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_dropout_falls_back_to_the_reference(device):
-    assert kernels.use_fused("softmax", "fused", device, 0.1)  # SDPA has dropout
-    for norm in [norm for norm in ("softmax1", "symax", "diff") if norm in kernels.FUSED]:
-        assert not kernels.use_fused(norm, "auto", device, 0.1)
-        assert "no attention dropout" in kernels.describe(norm, "auto", device, 0.1)
+    assert normalizers.use_fused("softmax", "fused", device, 0.1)  # SDPA has dropout
+    for norm in [norm for norm in NORMALIZERS if norm != "softmax" and NORMALIZERS[norm].fused]:
+        assert not normalizers.use_fused(norm, "auto", device, 0.1)
+        assert "no attention dropout" in normalizers.describe(norm, "auto", device, 0.1)
         with pytest.raises(RuntimeError, match="no attention dropout.*attn_impl='auto'.*'reference'"):
-            kernels.use_fused(norm, "fused", device, 0.1)
+            normalizers.use_fused(norm, "fused", device, 0.1)
     with pytest.raises(RuntimeError, match="no attention dropout"):
-        kernels.attention("softmax1", *qkv(1, 2, 4, 8), dropout_p=0.1)
+        normalizers.attention("softmax1", *qkv(1, 2, 4, 8), dropout_p=0.1)
 
 
 @needs_triton
 def test_describe_names_the_function():
-    assert kernels.describe("softmax", "auto", "cuda", 0.0) == "fused (kernels.softmax_attention)"
-    assert kernels.describe("softmax1", "auto", "cpu", 0.0) == "fused (kernels.softmax1.softmax1_attention)"
-    assert kernels.describe("diff", "fused", "cuda", 0.0) == "fused (kernels.diff.diff_attention)"
-    assert kernels.describe("symax", "fused", "cuda", 0.0) == "fused (kernels.symax.symax_attention)"
-    assert kernels.describe("diff", "reference", "cuda", 0.0) == "reference (model.reference_attention: asked for)"
-    assert kernels.describe("softmax1", "auto", "cpu", 0.1).startswith("reference (model.reference_attention: ")
+    assert normalizers.describe("softmax", "auto", "cuda", 0.0) == "fused (normalizers.softmax.sdpa_attention)"
+    assert normalizers.describe("softmax1", "auto", "cpu", 0.0) == "fused (kernels.softmax1.softmax1_attention)"
+    assert normalizers.describe("diff", "fused", "cuda", 0.0) == "fused (kernels.diff.diff_attention)"
+    assert normalizers.describe("symax", "fused", "cuda", 0.0) == "fused (kernels.symax.symax_attention)"
+    assert normalizers.describe("diff", "reference", "cuda", 0.0) == "reference (normalizers.diff.Diff.reference: asked for)"
+    assert normalizers.describe("softmax1", "auto", "cpu", 0.1).startswith("reference (normalizers.softmax1.Softmax1.reference: ")
 
 
 def test_unavailable_kernels(monkeypatch):
-    assert "mps" in kernels.unavailable_reason("softmax1", "mps", 0.0)
-    monkeypatch.delitem(kernels.FUSED, "symax", raising=False)  # as without triton
-    assert "needs triton" in kernels.unavailable_reason("symax", "cuda", 0.0)
-    assert not kernels.use_fused("symax", "auto", "cuda", 0.0)
+    assert "mps" in normalizers.unavailable_reason("softmax1", "mps", 0.0)
+    monkeypatch.setattr(NORMALIZERS["symax"], "fused", None)  # as without triton
+    assert "needs triton" in normalizers.unavailable_reason("symax", "cuda", 0.0)
+    assert not normalizers.use_fused("symax", "auto", "cuda", 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -319,12 +326,12 @@ def test_cuda_bf16(attn_norm, d, T):
     v_shape = (B, H // 2, T, 2 * d) if attn_norm == "diff" else None
     inputs = qkv(B, H, T, d, dtype=torch.bfloat16, device="cuda", v_shape=v_shape)
     if attn_norm == "diff":
-        fused, ref, extra = kernels.diff_attention, lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), [torch.tensor(0.37, device="cuda")]
+        fused, ref, extra = diff.diff_attention, lambda q, k, v, lam: reference_attention(q, k, v, NORMALIZERS["diff"].weights, lam=lam), [torch.tensor(0.37, device="cuda")]
     elif attn_norm == "symax":
         (fused, ref), extra = symax_pair(), [make_log_eta(H, "cuda")]
     else:
-        fused = lambda q, k, v: kernels.attention(attn_norm, q, k, v)
-        ref = lambda q, k, v: model.reference_attention(q, k, v, model.ATTN_NORMS[attn_norm])
+        fused = lambda q, k, v: normalizers.attention(attn_norm, q, k, v)
+        ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS[attn_norm].weights)
         extra = []
     assert_bf16_close(fused, ref, [*inputs, *(x.requires_grad_() for x in extra)])
 
@@ -339,5 +346,5 @@ def test_cuda_fp32_is_exact(attn_norm):
         log_eta = make_log_eta(4, "cuda")
         assert_matches(*symax_pair(), (*inputs, log_eta), ("q", "k", "v", "log_eta"), rtol=1e-4)
     else:
-        ref = lambda q, k, v: model.reference_attention(q, k, v, model.softmax1_weights)
-        assert_matches(kernels.softmax1_attention, ref, inputs, ("q", "k", "v"), rtol=1e-4)
+        ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS["softmax1"].weights)
+        assert_matches(softmax1.softmax1_attention, ref, inputs, ("q", "k", "v"), rtol=1e-4)

@@ -8,16 +8,17 @@ import torch
 import torch.nn.functional as F
 
 import model
+import normalizers
 from helpers import (causal_weights, count_gpt2_params, diff_attention_module, diff_heads, diff_lambda, gpt_logits,
                      lambda_init, loop_attention, softmax1_row, softmax_row, state_dict_f64, symax_row)
 from model import GPT, GPTConfig
 
-NORMS = ("softmax", "softmax1", "symax", "diff")
+NORMS = tuple(normalizers.NORMALIZERS)  # a new normalizer joins every test below (helpers.py: its oracle)
 ROW_NORMS = ("softmax", "softmax1", "symax")
 
 
 def weights(attn_norm, s, mask, eta=None):
-    fn = getattr(model, f"{attn_norm}_weights")
+    fn = normalizers.NORMALIZERS[attn_norm].weights
     return fn(s, mask, eta) if attn_norm == "symax" else fn(s, mask)
 
 
@@ -52,14 +53,14 @@ def test_normalizer_matches_float64_formula(attn_norm, scale):
 
 def test_softmax1_hand_values():
     s = torch.tensor([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
-    w = model.softmax1_weights(s, torch.ones(1, 5, dtype=torch.bool))[0, 0, 0]
+    w = normalizers.NORMALIZERS["softmax1"].weights(s, torch.ones(1, 5, dtype=torch.bool))[0, 0, 0]
     np.testing.assert_allclose(w.numpy(), [0.0116, 0.0315, 0.0858, 0.2331, 0.6337], atol=5e-5)
     assert abs(w.sum().item() - 0.9957) < 5e-5
 
 
 def test_softmax1_hand_values_huge_negative():
     s = torch.tensor([[[[-1.0, -2.0, -3.2e13, -1.9e11, -1e4]]]])
-    w = model.softmax1_weights(s, torch.ones(1, 5, dtype=torch.bool))[0, 0, 0]
+    w = normalizers.NORMALIZERS["softmax1"].weights(s, torch.ones(1, 5, dtype=torch.bool))[0, 0, 0]
     # (e^-1 + e^-2) / (1 + e^-1 + e^-2) = 0.33476...; the last three are exp(-huge) = 0
     assert abs(w.sum().item() - 0.3348) < 5e-5
     assert w[2:].tolist() == [0.0, 0.0, 0.0]
@@ -71,7 +72,7 @@ def test_softmax1_is_not_max_shift_plus_one():
     """'Subtract the row max, then add 1' gives weights summing to >= 0.5; true softmax1 of scores all ≪ 0 sums ≈ 0."""
     T = 6
     s = torch.full((1, 1, T, T), -50.0) + torch.randn(1, 1, T, T) * 0.1
-    w = model.softmax1_weights(s, causal(T))
+    w = normalizers.NORMALIZERS["softmax1"].weights(s, causal(T))
     sums = w.sum(-1)
     assert sums.max().item() < 1e-19  # each row: ≤ 6·e^-49.7
     # the wrong variant, written out, does sum to >= 0.5 on the same input: the test can tell them apart
@@ -107,7 +108,7 @@ def test_normalizers_stable_for_huge_scores_and_inf(attn_norm):
 def test_softmax1_all_masked_row_is_zero_not_nan():
     """softmax1 of a row that sees only -inf is 0 (the virtual logit takes everything), not 0/0."""
     s = torch.full((1, 1, 3, 3), float("-inf"))
-    w = model.softmax1_weights(s, causal(3))
+    w = normalizers.NORMALIZERS["softmax1"].weights(s, causal(3))
     assert torch.equal(w, torch.zeros_like(w))
 
 
@@ -133,7 +134,7 @@ def test_symax_eta_per_head():
     s = torch.tensor([[3.0, 0, 0, 0], [1.0, -1.0, 0, 0], [2.0, 0.0, -2.0, 0], [1.0, 1.0, 1.0, -1.0]])
     s = s.expand(1, 3, T, T).clone()
     eta = torch.tensor([0.5, 1.0, 4.0])
-    w = model.symax_weights(s, causal(T), eta)
+    w = normalizers.NORMALIZERS["symax"].weights(s, causal(T), eta)
     for h, e in enumerate([0.5, 1.0, 4.0]):
         # hand values: row 1 is |1|,|-1| over eta + 2; row 3 is four ones over eta + 4
         assert w[0, h, 0, 0].item() == pytest.approx(3 / (e + 3), rel=1e-6)
@@ -141,7 +142,7 @@ def test_symax_eta_per_head():
         assert w[0, h, 2, :3].tolist() == pytest.approx([2 / (e + 4), 0, 2 / (e + 4)], rel=1e-6)
         assert w[0, h, 3].tolist() == pytest.approx([1 / (e + 4)] * 4, rel=1e-6)
     # a zero row (all scores 0) gives zero weights, not NaN
-    z = model.symax_weights(torch.zeros(1, 3, T, T), causal(T), eta)
+    z = normalizers.NORMALIZERS["symax"].weights(torch.zeros(1, 3, T, T), causal(T), eta)
     assert torch.equal(z, torch.zeros_like(z))
 
 
@@ -160,7 +161,7 @@ def test_reference_attention_matches_loop(attn_norm, dtype):
     q, k, v = qkv(dtype=dtype, scale=2.0)
     eta = torch.tensor([0.3, 1.0, 2.0], dtype=dtype)
     kw = {"eta": eta} if attn_norm == "symax" else {}
-    y = model.reference_attention(q, k, v, model.ATTN_NORMS[attn_norm], **kw)
+    y = normalizers.reference_attention(q, k, v, normalizers.NORMALIZERS[attn_norm].weights, **kw)
     assert y.dtype == dtype and y.shape == v.shape
     expected = loop_attention(q.double().numpy(), k.double().numpy(), v.double().numpy(), attn_norm, eta.double().numpy())
     tol = 1e-12 if dtype == torch.float64 else 2e-5
@@ -169,7 +170,7 @@ def test_reference_attention_matches_loop(attn_norm, dtype):
 
 def test_reference_attention_bf16_inputs_computed_in_fp32():
     q, k, v = qkv(dtype=torch.bfloat16)
-    y = model.reference_attention(q, k, v, model.softmax1_weights)
+    y = normalizers.reference_attention(q, k, v, normalizers.NORMALIZERS["softmax1"].weights)
     assert y.dtype == torch.bfloat16
     expected = loop_attention(q.double().numpy(), k.double().numpy(), v.double().numpy(), "softmax1")
     np.testing.assert_allclose(y.double().numpy(), expected, atol=2e-2)  # only the output rounding of bf16
@@ -178,20 +179,20 @@ def test_reference_attention_bf16_inputs_computed_in_fp32():
 @pytest.mark.parametrize("attn_norm", ROW_NORMS)
 def test_reference_attention_gradcheck(attn_norm):
     q, k, v = (t.requires_grad_() for t in qkv(B=1, H=2, T=4, d=3, dtype=torch.float64, seed=3))
-    fn = model.ATTN_NORMS[attn_norm]
+    fn = normalizers.NORMALIZERS[attn_norm].weights
     if attn_norm == "symax":
         eta = torch.tensor([0.7, 1.9], dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda q, k, v, eta: model.reference_attention(q, k, v, fn, eta=eta),
+        assert torch.autograd.gradcheck(lambda q, k, v, eta: normalizers.reference_attention(q, k, v, fn, eta=eta),
                                         (q, k, v, eta))
     else:
-        assert torch.autograd.gradcheck(lambda q, k, v: model.reference_attention(q, k, v, fn), (q, k, v))
+        assert torch.autograd.gradcheck(lambda q, k, v: normalizers.reference_attention(q, k, v, fn), (q, k, v))
 
 
 def test_reference_diff_attention_gradcheck():
     q, k = (t.requires_grad_() for t in qkv(B=1, H=4, T=4, d=3, dtype=torch.float64, seed=4)[:2])
     v = qkv(B=1, H=2, T=4, d=6, dtype=torch.float64, seed=5)[2].requires_grad_()
     lam = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, v, lam: model.reference_attention(q, k, v, model.diff_weights, lam=lam), (q, k, v, lam))
+    assert torch.autograd.gradcheck(lambda q, k, v, lam: normalizers.reference_attention(q, k, v, normalizers.NORMALIZERS["diff"].weights, lam=lam), (q, k, v, lam))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_reference_diff_attention_matches_paper_layout():
     q, k = qkv(B=B, H=H, T=T, d=d, dtype=torch.float64, seed=6, scale=1.5)[:2]
     v = qkv(B=B, H=H // 2, T=T, d=2 * d, dtype=torch.float64, seed=7)[2]
     lam = 0.61
-    y = model.reference_attention(q, k, v, model.diff_weights, lam=torch.tensor(lam, dtype=torch.float64))
+    y = normalizers.reference_attention(q, k, v, normalizers.NORMALIZERS["diff"].weights, lam=torch.tensor(lam, dtype=torch.float64))
     # official layout: (B, T, 2h, d) and (B, T, h, 2d)
     expected = diff_heads(q.transpose(1, 2).numpy(), k.transpose(1, 2).numpy(), v.transpose(1, 2).numpy(), lam)
     np.testing.assert_allclose(y.transpose(1, 2).numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -222,7 +223,7 @@ def randomize_(module, seed, std=0.3):
 @pytest.mark.parametrize("layer", [0, 3])
 def test_diff_attention_module_matches_paper(attn_impl, layer):
     cfg = tiny("diff", n_embd=24, n_head=4, attn_impl=attn_impl)
-    attn = randomize_(model.DiffAttention(cfg, layer), seed=layer)
+    attn = randomize_(model.CausalSelfAttention(cfg, layer), seed=layer)
     with torch.no_grad():
         attn.subln.weight.add_(1.0)
     attn.eval()

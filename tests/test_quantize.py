@@ -10,6 +10,7 @@ from analysis import quantize
 from analysis.quantize import percentile_range, quantize_asymmetric, quantize_symmetric
 from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
+from normalizers import NORMALIZERS
 
 
 def test_symmetric_per_tensor_int8_by_hand():
@@ -84,7 +85,7 @@ def tiny_gpt(attn_norm, seed=0):
     return GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, attn_norm=attn_norm)).eval()
 
 
-@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "symax", "diff"])
+@pytest.mark.parametrize("attn_norm", NORMALIZERS)
 def test_16_bit_fake_quantized_model_matches_fp(attn_norm):
     model = tiny_gpt(attn_norm)
     x = torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(1))

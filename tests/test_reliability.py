@@ -25,7 +25,6 @@ import pytest
 import torch
 
 import prepare_data
-import config
 import train
 from checkpoint import CheckpointError, load_checkpoint
 from model import GPT
@@ -571,7 +570,7 @@ def test_interrupted_prepare_data_is_never_accepted(work, tmp_path, monkeypatch)
     ref_bytes = {f: (reference / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
     monkeypatch.chdir(tmp_path)  # train.load_dataset reads data/<dataset> from here
     target = tmp_path / "data" / "shakespeare_char"
-    cfg = config.TrainConfig(dataset="shakespeare_char", block_size=32)
+    cfg = train.TrainConfig(dataset="shakespeare_char", block_size=32)
 
     def accepted():
         try:
@@ -684,8 +683,8 @@ def no_marker(d, before):
 
 
 def fused_unavailable_norm():
-    import kernels
-    return next((n for n in ("softmax1", "symax", "diff") if kernels.unavailable_reason(n, "cpu", 0.1)), None)
+    import normalizers
+    return next((n for n in normalizers.NORMALIZERS if normalizers.unavailable_reason(n, "cpu", 0.1)), None)
 
 
 _FUSED_NORM = fused_unavailable_norm()

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import normalizers
 import train
 from helpers import (CPU_PRESET, REPO, TINY, read_metrics, run_train, subprocess_env, wandb_run_contents,
                      workdir)
 
-NORMS = ("softmax", "softmax1", "symax", "diff")
+NORMS = tuple(normalizers.NORMALIZERS)
 LOG_STATS = importlib.util.find_spec("analysis.stats") is not None
 
 

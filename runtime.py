@@ -1,0 +1,76 @@
+"""
+What the entry points share about where they run: the device's name, the dtype names, autocast, DDP setup, and
+the padded vocabulary size. One home, so train.py, the analysis and the benchmarks agree.
+"""
+
+import os
+import platform
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def padded_vocab_size(vocab_size):
+    """The embedding size for a tokenizer's vocabulary: small (char) vocabularies as they are; GPT-2's 50257 and
+    other large ones rounded up to a multiple of 64, which is faster on GPUs."""
+    return vocab_size if vocab_size < 50257 else -(-vocab_size // 64) * 64
+
+
+def cpu_name():
+    cpuinfo = Path("/proc/cpuinfo")
+    models = re.findall(r"model name\s*:\s*(.*)", cpuinfo.read_text()) if cpuinfo.exists() else []
+    return models[0].strip() if models else (platform.processor() or platform.machine())
+
+
+def device_name(device):
+    """'NVIDIA H200' for a CUDA device, else the CPU's model name; used for MFU's peak FLOP/s and in reports."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def device_description(device):
+    """A line for reports: the GPU(s), or the CPU with its core and thread counts."""
+    if str(device).startswith("cuda"):
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return f"CPU {cpu_name()}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} threads, no GPU used"
+
+
+def autocast(device_type, dtype):
+    """The mixed-precision context for a dtype name: none for float32."""
+    return nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
+
+
+@dataclass
+class Distributed:
+    ddp: bool
+    rank: int
+    world_size: int
+    device: str
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def close(self):
+        if self.ddp:
+            dist.barrier()  # no rank tears the group down while rank 0 still writes
+            dist.destroy_process_group()
+
+
+def setup_distributed(device):
+    """Under torchrun (RANK set): join the process group, one GPU per process (NCCL) or gloo on CPU; the device
+    this process uses. Otherwise a single process on device."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return Distributed(False, 0, 1, device)
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(True, dist.get_rank(), dist.get_world_size(), device)
