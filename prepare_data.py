@@ -15,12 +15,21 @@ unless --force, which rebuilds without touching the old data until the new is co
 --text takes .txt files (a document is a blank-line separated paragraph), .jsonl/.json or .parquet files
 (a document is a row's "text" field). Like openwebtext (nanoGPT's recipe), documents are shuffled into
 train/val (--val_fraction, --seed) and each is followed by <|endoftext|>; the char tokenizer has no such
-token and puts a blank line between documents instead.
+token and puts a blank line between documents instead. The files are checked before anything is built: a byte
+that is not UTF-8, a line that is not JSON, a record without a string "text" is reported with its file and line.
+
+Ctrl-C stops with one line saying what was kept (exit status 130). Leftover <name>.tmp-<pid>/ directories of
+killed runs are deleted by the next run. load_prepared() is the one check of a prepared dataset (train.py's).
 """
 import argparse
+import codecs
+import contextlib
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +44,14 @@ EOT = 50256  # <|endoftext|>
 OFFLINE_DATASETS = ("shakespeare_char", "shakespeare")  # built from data/raw, no network needed
 DATASETS = OFFLINE_DATASETS + ("openwebtext",)
 TEXT_LOADERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets builders
+
+
+class DataError(ValueError):
+    """A prepared dataset that is missing, incomplete or does not match its meta.json; the message says what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during prepare(); the message says what was kept."""
 
 
 # -----------------------------------------------------------------------------
@@ -82,6 +99,16 @@ def load_tokenizer(meta):
     raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta.json (expected 'char' or 'gpt2')")
 
 
+def tokenizer_identity(meta):
+    """What identifies the tokenizer of a prepared dataset (its meta.json, or a checkpoint's "meta"): equal dicts
+    encode text to the same ids. Plain JSON types, so a checkpoint can store it."""
+    if meta.get("tokenizer") == "char":
+        return {"tokenizer": "char", "chars": meta["chars"]}
+    if meta.get("tokenizer") == "gpt2":  # the ranks are bundled and hash-checked: the name is the encoding
+        return {"tokenizer": "gpt2", "encoding": "gpt2"}
+    raise ValueError(f"unknown tokenizer {meta.get('tokenizer')!r} in meta.json (expected 'char' or 'gpt2')")
+
+
 def _tokenizer_meta(tokenizer, chars=None):
     if tokenizer == "char":
         return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
@@ -113,6 +140,114 @@ def _build_shakespeare(tmp, tokenizer, val_fraction):
     return meta
 
 
+# -----------------------------------------------------------------------------
+# input files are checked here, before datasets sees them: its errors are long tracebacks without a line number
+
+_CHUNK = 1 << 24
+
+
+def _check_utf8(path):
+    """ValueError naming the line and byte offset of the first byte of path that is not UTF-8."""
+    with open(path, "rb") as f:
+        pending, pos, line = b"", 0, 1  # pos: file offset of pending[0]
+        while True:
+            chunk = f.read(_CHUNK)
+            data = pending + chunk
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not chunk)
+            except UnicodeDecodeError as e:
+                line += data.count(b"\n", 0, e.start)
+                raise ValueError(
+                    f"{path}, line {line} (byte offset {pos + e.start}): not UTF-8 text ({e.reason}: "
+                    f"{data[e.start:e.end]!r}). Convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 "
+                    f"{path.name} > fixed{path.suffix} (with the file's real encoding in place of latin1)") from None
+            line += data.count(b"\n", 0, consumed)
+            pending, pos = data[consumed:], pos + consumed
+            if not chunk:
+                return
+
+
+def _check_record(rec, where):
+    fix = 'every record needs a "text" string, e.g. {"text": "a document"}'
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: a JSON {type(rec).__name__}, not an object: {fix}")
+    if "text" not in rec:
+        raise ValueError(f"{where}: no 'text' field (found: {', '.join(rec) or 'none'}): {fix}")
+    if not isinstance(rec["text"], str):
+        kind = {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "a list",
+                dict: "an object"}[type(rec["text"])]
+        raise ValueError(f'{where}: "text" is {kind}, not a string: {fix}')
+
+
+def _first_line(path):
+    with open(path, encoding="utf-8-sig") as f:
+        return next((line for line in f if line.strip()), "")
+
+
+def _check_json(path):
+    """JSON lines (one object per line, blank lines allowed), or one JSON document (an array of objects, or a
+    single object), as datasets reads them: every record needs a "text" string. A ValueError names the first bad
+    line or array item."""
+    _check_utf8(path)
+    try:  # an array on one line is one document too
+        whole = isinstance(json.loads(_first_line(path)), list)
+    except json.JSONDecodeError:  # an array or (.json) an object over several lines, or a broken first line
+        whole = _first_line(path).lstrip().startswith("[" if path.suffix == ".jsonl" else ("[", "{"))
+    if whole:
+        try:
+            records = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}): fix the file, "
+                             "or write one JSON object per line (.jsonl)") from None
+        if isinstance(records, list):
+            for i, rec in enumerate(records):
+                _check_record(rec, f"{path}, array item {i + 1}")
+        else:
+            _check_record(records, str(path))
+        return
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            line = line.rstrip("\r\n")
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                cut = e.msg.startswith("Unterminated") or e.pos >= len(line.rstrip())
+                why = f"{e.msg} at the end of the line" if e.pos >= len(line.rstrip()) else f"{e.msg}: column {e.colno}"
+                raise ValueError(f"{path}, line {lineno}: not valid JSON ({why}{'; cut short?' if cut else ''}): each "
+                                 'line must be one JSON object such as {"text": "a document"}; fix or delete that line'
+                                 ) from None
+            _check_record(rec, f"{path}, line {lineno}")
+
+
+def _check_parquet(path):
+    import pyarrow
+    import pyarrow.parquet as pq
+    try:
+        schema = pq.read_schema(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({e}): check the file") from None
+    if "text" not in schema.names:
+        raise ValueError(f"{path}: no 'text' field (found: {', '.join(schema.names)}): the documents must be in a "
+                         "string column named text")
+    kind = schema.field("text").type
+    if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
+        raise ValueError(f"{path}: the 'text' column holds {kind}, not strings: the documents must be in a string "
+                         "column named text")
+
+
+def check_text_files(files):
+    """Raise ValueError (file, line and what to fix) for the first input file datasets could not read as documents."""
+    for f in files:
+        if f.suffix == ".txt":
+            _check_utf8(f)
+        elif f.suffix in (".json", ".jsonl"):
+            _check_json(f)
+        elif f.suffix == ".parquet":
+            _check_parquet(f)
+
+
 def _load_documents(files, num_proc):
     """A datasets.Dataset with one "text" column: openwebtext from the hub, or local files."""
     try:
@@ -129,7 +264,13 @@ def _load_documents(files, num_proc):
                 "local files") from None
     loader = TEXT_LOADERS[files[0].suffix]
     extra = {"sample_by": "paragraph"} if loader == "text" else {}  # one document per line would put EOT on every line
-    ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], num_proc=num_proc, **extra)["train"]
+    try:
+        ds = datasets.load_dataset(loader, data_files=[str(f) for f in files], num_proc=num_proc, **extra)["train"]
+    except Exception as e:  # the files were checked, but datasets has failures of its own: one line, not a traceback
+        cause = e.__cause__ or e.__context__ or e
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        raise ValueError(f"{', '.join(map(str, files))}: Hugging Face datasets could not load them "
+                         f"({type(cause).__name__}: {first_line}); check the files' format") from None
     if "text" not in ds.column_names:
         raise ValueError(f"{', '.join(map(str, files))}: no 'text' field (found: {', '.join(ds.column_names)})")
     return ds.select_columns(["text"])
@@ -186,15 +327,103 @@ def _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc):
 
 # -----------------------------------------------------------------------------
 
-def is_prepared(data_dir):
-    """True if data_dir holds a complete dataset: meta.json and .bin files of the sizes it records."""
+def load_prepared(data_dir, block_size=None):
+    """Check a prepared dataset and memory-map it: ({"train": memmap, "val": memmap}, meta). Every problem is a
+    DataError saying what to do: not prepared, a damaged meta.json, .bin files that do not match it, token ids beyond
+    the vocabulary, or (with block_size) a split too short for one block of block_size + 1 tokens."""
+    data_dir = Path(data_dir)
+    name = data_dir.name
+    if not (data_dir / "meta.json").exists():
+        raise DataError(f"dataset {name!r} is not prepared (no {data_dir}/meta.json): run "
+                        f"python prepare_data.py {name}")
+    redo = f"re-run python prepare_data.py {name} --force"
     try:
-        meta = load_meta(data_dir)
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        return all((Path(data_dir) / f"{s}.bin").stat().st_size == meta[f"{s}_tokens"] * itemsize
-                   for s in ("train", "val"))
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = json.loads((data_dir / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        vocab_size, counts = meta["vocab_size"], {s: meta[f"{s}_tokens"] for s in ("train", "val")}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): {redo}") from None
+    if any(type(n) is not int or n < 0 for n in counts.values()):
+        raise DataError(f"{data_dir}/meta.json: token counts {counts} are not counts: {redo}")
+    if dtype.kind != "u" or type(vocab_size) is not int or not 0 < vocab_size <= np.iinfo(dtype).max + 1:
+        raise DataError(f"{data_dir}/meta.json: vocab_size {vocab_size!r} does not fit token dtype {dtype}: {redo}")
+    if meta.get("tokenizer") == "char" and len(meta.get("chars", "")) != vocab_size:
+        raise DataError(f"{data_dir}/meta.json lists {len(meta.get('chars', ''))} characters but vocab_size "
+                        f"{vocab_size}: {redo}")
+    data = {}
+    for split in ("train", "val"):
+        path = data_dir / f"{split}.bin"
+        size = path.stat().st_size if path.exists() else 0
+        if size % dtype.itemsize or size // dtype.itemsize != counts[split]:
+            raise DataError(f"{path} holds {size} bytes, but meta.json promises {counts[split]} {dtype} tokens "
+                            f"({counts[split] * dtype.itemsize} bytes): the data is incomplete or damaged, {redo}")
+        if block_size is not None and counts[split] <= block_size:
+            raise DataError(f"{split} split has {counts[split]} tokens, too few for one block of "
+                            f"block_size={block_size}+1: lower block_size or use more data")
+        if counts[split] == 0:  # np.memmap cannot map 0 bytes
+            data[split] = np.zeros(0, dtype=dtype)
+            continue
+        data[split] = np.memmap(path, dtype=dtype, mode="r")
+        # Token ids beyond the vocabulary would index past the embedding; check a prefix of big files.
+        if int(data[split][: 100_000_000].max()) >= vocab_size:
+            raise DataError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
+                            f"match its meta.json, {redo}")
+    return data, meta
+
+
+def is_prepared(data_dir):
+    """True if data_dir holds a complete dataset that load_prepared accepts (meta.json, .bin files of the sizes it
+    records, token ids within the vocabulary)."""
+    try:
+        load_prepared(data_dir)
+        return True
+    except (DataError, OSError):
         return False
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _clean_stale(final):
+    """Deal with what killed runs left next to final: <name>.tmp-<pid>/ (a build; complete once it holds meta.json)
+    and <name>.old-<pid>/ (the previous data, moved aside for the swap). If a kill came between the two renames of
+    the swap, final is missing and a complete one of them takes its place; everything else is deleted."""
+    for kind in ("tmp", "old"):  # a completed new build before the previous data
+        for path in sorted(final.parent.glob(f"{final.name}.{kind}-*")):
+            pid = path.name.rsplit("-", 1)[1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue  # not ours, or a run still going
+            if not final.exists() and is_prepared(path):
+                path.rename(final)
+                print(f"moved {path} to {final}: complete data left by a run that was killed while swapping it in")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                print(f"removed {path}, left by a run that was killed (pid {pid})")
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) off until the block is done: a swap of directories is never left halfway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, val_fraction=None,
@@ -225,9 +454,24 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
     num_proc = num_proc or min(8, os.cpu_count() or 1)
 
     final = Path(out_dir) / name
-    if not force and is_prepared(final):
+    try:
+        return _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # before anything was built
+        raise Interrupted(f"interrupted; nothing was written to {final}: run the command again") from None
+
+
+def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
+    name = final.name
+    if final.parent.is_dir():
+        _clean_stale(final)
+    had_data = is_prepared(final)
+    if had_data and not force:
         print(f"already prepared: {final} (use --force to rebuild)")
         return final
+    if files is not None:
+        check_text_files(files)
     tmp = final.with_name(f"{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -238,15 +482,24 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
             meta = _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc)
         meta["dtype"] = np.dtype(_dtype(meta["vocab_size"])).name
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: it marks the dir complete
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt):
+            kept = (f"{final} is as it was (the unfinished rebuild was removed)" if had_data else
+                    f"nothing was written to {final} (the unfinished build was removed)")
+            raise Interrupted(f"interrupted; {kept}: run the command again") from None
         raise
-    # swap in: the old data is deleted only once the new is complete and in place
+    # swap in: the old data is deleted only once the new is complete and in place; Ctrl-C waits for the renames
     old = final.with_name(f"{name}.old-{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        with _deferred_interrupt():
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except KeyboardInterrupt:
+        shutil.rmtree(old, ignore_errors=True)
+        raise Interrupted(f"interrupted after {final} was complete and in place: it is ready to use") from None
     print(f"wrote {final}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']})")
     return final
@@ -277,6 +530,9 @@ def main(argv=None):
                 val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc)
     except (ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:
+        print(str(e) if isinstance(e, Interrupted) else "interrupted: run the command again", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

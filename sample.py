@@ -8,6 +8,7 @@ The tokenizer (char or GPT-2 BPE) comes from the dataset metadata saved in the c
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,26 @@ def read_prompt(start):
         raise ValueError(f"--start={start}: {path} is not UTF-8 text") from None
 
 
+def check_device(device):
+    """device as torch names it, or a ValueError that says which devices this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device={device}: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device={device} but no CUDA GPU is visible: use --device=cpu "
+                             "(or check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device={device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible: "
+                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={device} but MPS (Apple GPU) is not available here: use --device=cpu")
+    return device
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="a run's out_dir (holding ckpt.pt) or a checkpoint file")
@@ -36,16 +57,27 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=3)
     parser.add_argument("--max_new_tokens", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=0.8, help="< 1: more predictable, > 1: more random")
-    parser.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens only")
+    parser.add_argument("--top_k", type=int, default=200,
+                        help="sample among the k most likely tokens only (beyond the vocabulary: all of it)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1 or args.temperature <= 0:
+    if args.num_samples < 1 or args.max_new_tokens < 1 or args.top_k < 1:
         parser.error("num_samples, max_new_tokens and top_k must be >= 1 and temperature > 0")
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise ValueError(f"--temperature={args.temperature}: the temperature must be a finite number > 0 "
+                         "(1 samples the model's own distribution; e.g. --temperature=0.8)")
+    check_device(args.device)
 
     model, ckpt = load_model(args.out_dir, args.device)
     model.eval()
+    if "meta" not in ckpt:
+        raise ValueError(f"{args.out_dir}: the checkpoint has no dataset metadata ('meta'), so its tokenizer is "
+                         "unknown: sample from a checkpoint written by train.py")
     encode, decode = load_tokenizer(ckpt["meta"])
+    # The embedding may be padded beyond the tokenizer (GPT-2: 50257 ids in 50304 rows): never sample a padding id.
+    vocab_size = ckpt["meta"]["vocab_size"]
+    top_k = min(args.top_k, vocab_size)
     try:
         ids = encode(read_prompt(args.start))
     except KeyError as e:  # a character the char-level vocabulary has never seen
@@ -56,7 +88,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     x = torch.tensor(ids, dtype=torch.long, device=args.device)[None, -model.config.block_size:]
     for _ in range(args.num_samples):
-        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
+        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=top_k, vocab_size=vocab_size)
         print(decode(y[0].tolist()))
         print("---------------")
 
