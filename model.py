@@ -80,6 +80,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.attn_norm, self.attn_impl = config.attn_norm, config.attn_impl
         self.normalizer.add_parameters(self, config, layer_idx)  # η, λ, sink logits, ... (after c_attn, c_proj)
+        self.gate = normalizers.gates.get(config.attn_gate)  # last: ungated models initialise as they always did
+        self.gate.add_parameters(self, config)
 
     def qkv(self, x):
         """q, k, v as (B, heads, T, head_dim), in the normalizer's head layout."""
@@ -94,7 +96,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x)
         dropout_p = self.dropout if self.training else 0.0
         y = normalizers.attention(self.attn_norm, q, k, v, dropout_p, self.attn_impl, **self.norm_args(x))
-        y = self.normalizer.merge_heads(self, y).transpose(1, 2).reshape(B, T, C)
+        y = self.gate.apply(self, x, self.normalizer.merge_heads(self, y)).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     @torch.no_grad()

@@ -1,18 +1,27 @@
 """
-softmax1 attention, p_i = exp(s_i) / (1 + Σ_j exp(s_j)), from ordinary flash attention and one exact identity.
+The virtual-key family from ordinary flash attention and one exact identity: softmax1, sink and kvbias.
 
-With O and LSE = log Σ_j exp(s_j) from causal softmax attention, the virtual zero logit only rescales each row:
+Each adds one virtual key to every query's causal row: logit b_i, value v′ (zero for softmax1 and sink), seen by
+every query and by no position. softmax1 is b = 0, sink a learned b_h per head (gpt-oss), kvbias b_i = q_i·k′_h/√d
+with a learned value v′_h (Sun et al. 2024). With O and LSE = log Σ_j exp(s_j) from causal softmax attention, the
+virtual key rescales each row and adds its value:
 
-    O₁ = O · e^LSE / (1 + e^LSE) = O · σ(LSE)        LSE₁ = log(1 + e^LSE) = softplus(LSE)
+    LSE′ = logaddexp(LSE, b)        p′ = exp(b − LSE′) = σ(b − LSE)        O′ = O · σ(LSE − b) + p′ · v′
 
-and P₁ = exp(S − LSE₁) are the softmax1 weights, so the ordinary flash backward handed (O₁, LSE₁) recomputes
-P₁ and returns the exact softmax1 gradients (dS = P₁ ∘ (dP − rowsum(dO ∘ O₁))). Nothing T×T is
-materialised.
+and P′ = exp(S − LSE′) are the weights over the real keys, so the ordinary flash backward handed (O′, LSE′)
+recomputes P′ and returns the exact gradients of q, k, v: it forms dS = P′ ∘ (dP − rowsum(dO ∘ O′)), and
+rowsum(dO ∘ O′) is the full row's Δ, virtual entry included. The virtual entry's own gradients are one row each:
+
+    ∂L/∂b_i = p′_i · (dO_i · v′ − Δ_i)        ∂L/∂v′ = Σ_i p′_i dO_i
+
+(b_i's dependence on q or on a per-head parameter is left to autograd). Nothing T×T is materialised.
 
 The forward/backward pairs are aten's own attention ops that expose the LSE: the CPU flash kernel, FlashAttention-2
 on CUDA for fp16/bf16 with head_dim ≤ 256, and the memory-efficient kernel on CUDA otherwise (fp32).
-No attention dropout: its mask would have to be replayed in the backward; kernels.unavailable_reason says so.
+No attention dropout: its mask would have to be replayed in the backward; normalizers.unavailable_reason says so.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -76,33 +85,82 @@ def backend(q):
     return CUDAEfficient
 
 
-class Softmax1Attention(torch.autograd.Function):
+class VirtualKeyAttention(torch.autograd.Function):
+    """Causal attention of q, k, v (B, H, T, d) plus a virtual key with logit b (broadcastable to (B, H, T); None:
+    0) and value v′ (broadcastable to (B, H, T, d); None: 0)."""
+
     @staticmethod
-    def forward(ctx, q, k, v, scale, ops):
+    def forward(ctx, q, k, v, logit, value, scale, ops):
         out, lse, extra = ops.forward(q, k, v, scale)
-        # The LSE is fp32 (fp64 for fp64 inputs) on every backend; out · σ promotes half-precision outputs to it
-        # before rounding back. σ and logaddexp(LSE, 0) = softplus(LSE) are stable for any LSE, ±inf included
-        # (F.softplus returns x itself above x = 20, which is off by e^-20: too coarse for fp64).
-        out1 = (out * torch.sigmoid(lse[..., : q.size(-2), None])).to(out.dtype)
-        lse1 = torch.logaddexp(lse, torch.zeros_like(lse))
-        ctx.save_for_backward(q, k, v, out1, lse1)
+        # The LSE is fp32 (fp64 for fp64 inputs) on every backend; everything below runs in it, and only O′ is
+        # rounded back to the output dtype. σ and logaddexp are stable for any LSE, ±inf included (F.softplus
+        # returns x itself above x = 20, which is off by e^-20: too coarse for fp64). The memory-efficient kernel
+        # pads its LSE to a multiple of 32 with +inf: b is padded with 0 there, and logaddexp keeps the +inf.
+        T = q.size(-2)
+        b = lse.new_zeros(()) if logit is None else logit.to(lse.dtype)
+        b = b.expand(lse.shape[:-1] + (T,))
+        lse_row = lse[..., :T]
+        p_virtual = torch.sigmoid(b - lse_row)[..., None]
+        out_all = out * torch.sigmoid(lse_row - b)[..., None]
+        if value is not None:
+            out_all = out_all + p_virtual * value.to(lse.dtype)
+        out_all = out_all.to(out.dtype)
+        lse_all = torch.logaddexp(lse, F.pad(b, (0, lse.size(-1) - T)))
+        ctx.save_for_backward(q, k, v, out_all, lse_all, p_virtual, value)
         ctx.scale, ctx.ops, ctx.extra = scale, ops, extra
-        return out1
+        ctx.logit_like = None if logit is None else (logit.shape, logit.dtype)
+        return out_all
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out1, lse1 = ctx.saved_tensors
+        q, k, v, out_all, lse_all, p_virtual, value = ctx.saved_tensors
         do = do if do.stride(-1) == 1 else do.contiguous()  # the CUDA kernels need a unit-stride head_dim
-        dq, dk, dv = ctx.ops.backward(do, q, k, v, out1, lse1, ctx.extra, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = ctx.ops.backward(do, q, k, v, out_all, lse_all, ctx.extra, ctx.scale)
+        dlogit = dvalue = None
+        want_logit, want_value = ctx.needs_input_grad[3:5]
+        if want_logit or want_value:
+            do_acc = do.to(p_virtual.dtype)
+            if want_logit:
+                delta = (do_acc * out_all.to(do_acc.dtype)).sum(-1, keepdim=True)
+                dot_value = 0 if value is None else (do_acc * value.to(do_acc.dtype)).sum(-1, keepdim=True)
+                shape, dtype = ctx.logit_like
+                dlogit = (p_virtual * (dot_value - delta))[..., 0].sum_to_size(shape).to(dtype)
+            if want_value:
+                dvalue = (p_virtual * do_acc).sum_to_size(value.shape).to(value.dtype)
+        return dq, dk, dv, dlogit, dvalue, None, None
 
 
-def softmax1_attention(q, k, v):
-    """Causal softmax1 attention of q, k, v (B, H, T, d) with scale 1/√d."""
+def virtual_key_attention(q, k, v, logit=None, value=None):
+    """Causal attention of q, k, v (B, H, T, d) with scale 1/√d plus one virtual key per query: logit (broadcastable
+    to (B, H, T)) and value (broadcastable to (B, H, T, d)), each None for 0."""
     d = q.size(-1)
     # The CUDA kernels' backward wants head_dim % 8 == 0. Zero columns change no score and no output, so pad and
     # slice the padding off again; on every device, although the CPU kernel does not need it, so that the CPU
     # tests cover the padding too.
     if d % 8:
         q, k, v = (F.pad(x, (0, -d % 8)) for x in (q, k, v))
-    return Softmax1Attention.apply(q, k, v, d**-0.5, backend(q))[..., :d]
+        value = None if value is None else F.pad(value, (0, -d % 8))
+    return VirtualKeyAttention.apply(q, k, v, logit, value, d**-0.5, backend(q))[..., :d]
+
+
+def softmax1_attention(q, k, v):
+    """softmax1: the virtual logit fixed at 0, no virtual value."""
+    return virtual_key_attention(q, k, v)
+
+
+def sink_attention(q, k, v, sink):
+    """A learned sink logit per head, sink (H,), no virtual value (gpt-oss)."""
+    return virtual_key_attention(q, k, v, sink[:, None])
+
+
+def kvbias_attention(q, k, v, k_bias, v_bias):
+    """A learned virtual key k′ and value v′ per head, k_bias and v_bias (H, d), seen by every query."""
+    return virtual_key_attention(q, k, v, virtual_logits(q, k_bias)[..., 0], v_bias[:, None, :])
+
+
+def virtual_logits(q, k_bias):
+    """s′ = q·k′/√d (B, H, T, 1) in fp32 (fp64 stays fp64), whatever the autocast dtype: one bf16 rounding of a
+    logit moves its weight by up to ~0.4%."""
+    dt = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        return (q.to(dt) @ k_bias.to(dt)[..., None]) / math.sqrt(q.size(-1))

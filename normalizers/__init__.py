@@ -10,7 +10,11 @@ attn_impl (a setting) picks how attention runs:
 """
 
 
+from . import gates
 from .diff import Diff
+from .diff2 import Diff2
+from .kvbias import KVBias
+from .sink import Sink
 from .softmax import Softmax
 from .softmax1 import Softmax1
 from .spec import Normalizer, Setting, causal_scores, reference_attention, reference_weights
@@ -22,6 +26,9 @@ NORMALIZERS = {spec.name: spec for spec in (
     Softmax1(),
     Symax(),
     Diff(),
+    Sink(),
+    KVBias(),
+    Diff2(),
 )}
 
 ATTN_IMPLS = ("auto", "fused", "reference")
@@ -34,10 +41,10 @@ def get(attn_norm):
 
 
 def settings():
-    """Every normalizer's own settings, {name: Setting}; a name may be declared by one normalizer only."""
+    """Every normalizer's own settings and the gate's, {name: Setting}; a name may be declared once only."""
     out = {}
-    for spec in NORMALIZERS.values():
-        for key, setting in spec.settings.items():
+    for declared in [spec.settings for spec in NORMALIZERS.values()] + [gates.SETTINGS]:
+        for key, setting in declared.items():
             assert key not in out, f"setting {key} declared twice"
             out[key] = setting
     return out
