@@ -1,107 +1,170 @@
 """
-Training throughput per attn_norm: tokens/s, ms/iter and MFU of full training steps (forward, backward,
-AdamW) on random tokens, with the model and batch of a config file.
+Training throughput per attn_norm and attn_gate: tokens/s, ms/iter and MFU of train.py's own training step
+(forward, backward, clipping, optimizer) on random tokens, with the model and batch of a config file.
 
-    python benchmarks/train_throughput.py                                   # CPU preset, every attn_norm
-    python benchmarks/train_throughput.py config/softmax.py --batch_size=16 # GPT-2 124M, block 1024, on a GPU
-    python benchmarks/train_throughput.py --out benchmarks/results/cpu-train.md
+    python -m benchmarks.train_throughput                                        # CPU preset, every attn_norm
+    python -m benchmarks.train_throughput config/train_gpt2.py --batch_size=auto --gradient_accumulation_steps=1
+    python -m benchmarks.train_throughput --norms softmax,diff --attn_impl=fused --out benchmarks/results/x.md
 
-Prints a markdown table with the device, settings and torch version; the ratio column compares each
-attn_norm's tokens/s with softmax measured in the same run.
+Rows: every registered attn_norm (default) without a gate, then every other attn_gate mode with the baseline
+normalizer: a gate scales attention's output, so what it costs does not depend on the normalizer. × softmax is
+tokens/s over the baseline's (no gate) in the same run. MFU is model.estimate_mfu against the device's peak bf16.
+
+--batch_size=auto: on a GPU, the largest micro-batch that fits, found for the baseline by halving from
+--max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
+batch column says so). On CPU, the config's batch_size. Other --key=value arguments override the config, as for
+train.py.
 """
 
 import argparse
-import platform
+import gc
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
-from model import ATTN_NORMS, GPT  # noqa: E402
-from train import load_config  # noqa: E402
+import normalizers
+import runtime
+from benchmarks import Report, header
+from configurator import ConfigError
+from prepare_data import load_meta
+from train import TrainConfig, build, load_config, train_step
 
 
-def device_name(device):
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+def gate_modes():
+    """The attn_gate modes the model offers, 'none' first; ('none',) while it has no attn_gate setting."""
+    return tuple(getattr(normalizers, "ATTN_GATES", ("none",)))
 
 
-def measure(cfg, iters, warmup):
-    """Mean seconds per training iteration (gradient_accumulation_steps micro-batches) after warmup."""
-    device_type = cfg.device.split(":")[0]
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(50304 if cfg.dataset != "shakespeare_char" else 65)).to(cfg.device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+def default_vocab_size(dataset):
+    """The dataset's vocabulary where it is prepared, else GPT-2's (every dataset's tokenizer but the char one)."""
+    try:
+        return load_meta(Path("data") / dataset)["vocab_size"]
+    except FileNotFoundError:
+        return 50257
+
+
+def measure(cfg, vocab_size, iters, warmup):
+    """Seconds per iteration of train.py's train_step (gradient_accumulation_steps micro-batches of random tokens)
+    after warmup iterations, and the model."""
+    dist_ctx = runtime.Distributed(False, 0, 1, cfg.device)
+    data = np.random.default_rng(cfg.seed).integers(0, vocab_size, 64 * (cfg.block_size + 1)).astype(np.uint32)
+    torch.compiler.reset()  # a fresh compile per model: past dynamo's recompile limit it would fall back to eager
+    with tempfile.TemporaryDirectory() as out_dir:  # an empty out_dir: build() starts from scratch
+        model, optimizer, scaler, state, _ = build(cfg, {"vocab_size": vocab_size}, Path(out_dir), dist_ctx)
     step_model = torch.compile(model) if cfg.compile else model
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    autocast = nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
-    x = torch.randint(model.config.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=cfg.device)
-
-    def step():
-        for _ in range(cfg.gradient_accumulation_steps):
-            with autocast:
-                loss = step_model(x[:, :-1], x[:, 1:])[1]
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
+    autocast = runtime.autocast(cfg.device.split(":")[0], cfg.dtype)
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    for i in range(warmup + iters):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        train_step(step_model, model, optimizer, scaler, data, state, cfg, autocast, dist_ctx)
     sync()
     return (time.perf_counter() - t0) / iters, model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fitting_batch(cfg, vocab_size, args, batch_size, halve):
+    """measure() at batch_size; with halve, each out-of-memory halves the micro-batch and tries again.
+    Returns (seconds per iteration, model, the micro-batch used)."""
+    while True:
+        cfg.batch_size = batch_size
+        try:
+            return (*measure(cfg, vocab_size, args.iters, args.warmup), batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if not halve or batch_size == 1:
+                raise
+        gc.collect()  # the failed attempt's model and activations, before the next one allocates
+        torch.cuda.empty_cache()
+        batch_size //= 2
+        print(f"out of memory: trying batch_size={batch_size}", flush=True)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="config/shakespeare_char/cpu.py")
-    parser.add_argument("--norms", default=",".join(ATTN_NORMS))
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", help="also write the table to this file")
-    args, overrides = parser.parse_known_args()
+    parser.add_argument("--norms", default=",".join(normalizers.NORMALIZERS),
+                        help="comma-separated attn_norms (default: every registered one)")
+    parser.add_argument("--gates", default=",".join(gate_modes()),
+                        help="comma-separated attn_gate modes, measured with the baseline (default: every one)")
+    parser.add_argument("--batch_size", help="micro-batch: an integer, or auto (see above); default: the config's")
+    parser.add_argument("--max_batch_size", type=int, default=256, help="where --batch_size=auto starts halving")
+    parser.add_argument("--vocab_size", type=int, help="default: data/<dataset>/meta.json's, else GPT-2's 50257")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per row")
+    parser.add_argument("--warmup", type=int, default=5, help="iterations before timing (compilation happens here)")
+    parser.add_argument("--out", help="also write the table to this file, e.g. benchmarks/results/<device>-train.md")
+    args, overrides = parser.parse_known_args(argv)
+    for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", gate_modes())):
+        unknown = [n for n in getattr(args, name).split(",") if n not in valid]
+        if unknown:
+            parser.error(f"unknown {name} {', '.join(unknown)}; valid: {', '.join(valid)}")
+    if args.batch_size not in (None, "auto") and not args.batch_size.isdigit():
+        parser.error(f"--batch_size={args.batch_size}: expected a positive integer or auto")
+    if args.iters < 1 or args.warmup < 0:
+        parser.error("need --iters >= 1 and --warmup >= 0")
+    return args, overrides
 
-    rows, base = [], None
-    for norm in args.norms.split(","):
-        cfg = load_config([args.config, f"--attn_norm={norm}", *overrides])
-        cfg.validate()
-        dt, model = measure(cfg, args.iters, args.warmup)
-        tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-        mfu = model.estimate_mfu(tokens, dt, device_name(cfg.device))
-        base = tokens / dt if norm == "softmax" else base
-        attention = kernels.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
-        rows.append(f"| {norm} | {attention} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
-                    f"{'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | "
-                    f"{'' if base is None else f'{tokens / dt / base:.2f}'} |")
-        print(rows[-1], flush=True)
 
-    header = [
-        f"# Training throughput: {args.config} {' '.join(overrides)}",
-        "",
-        f"device: {device_name(cfg.device)}; dtype {cfg.dtype}; compile {cfg.compile}; torch {torch.__version__}",
-        f"model: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}; "
-        f"batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} micro-steps; {args.iters} timed iterations "
-        f"after {args.warmup} warm-up; random tokens",
-        "",
-        "| attn_norm | attention path | ms/iter | tokens/s | MFU | vs softmax |",
-        "|---|---|---|---|---|---|",
-    ]
-    table = "\n".join(header + rows) + "\n"
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table)
+def row_config(args, overrides, norm, gate):
+    """The TrainConfig of one row: the config file, the overrides, this attn_norm and attn_gate."""
+    gate_override = [f"--attn_gate={gate}"] if hasattr(TrainConfig, "attn_gate") else []
+    batch = [f"--batch_size={args.batch_size}"] if args.batch_size not in (None, "auto") else []
+    cfg = load_config([args.config, *overrides, *batch, f"--attn_norm={norm}", *gate_override])
+    cfg.validate()
+    return cfg
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    baseline = next(iter(normalizers.NORMALIZERS))
+    norms, gates = args.norms.split(","), args.gates.split(",")
+    rows = [(norm, gates[0]) for norm in norms] + [(baseline, gate) for gate in gates[1:]]
+    try:
+        cfgs = [row_config(args, overrides, norm, gate) for norm, gate in rows]
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    cfg = cfgs[0]
+    gpu = cfg.device.startswith("cuda")
+    auto = args.batch_size == "auto" and gpu
+    vocab_size = args.vocab_size or default_vocab_size(cfg.dataset)
+    device_name = runtime.device_name(cfg.device)
+
+    batch_text = (f"auto (the largest that fits, halving from {args.max_batch_size})" if auto else
+                  f"{cfg.batch_size}" + (" (auto: the config's, on CPU)" if args.batch_size == "auto" else ""))
+    report = Report(args.out)
+    report.add(*header("Training throughput", __spec__.name, argv, cfg.device),
+               f"- model: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
+               f"vocab {vocab_size} (padded to {runtime.padded_vocab_size(vocab_size)}); dtype {cfg.dtype}; "
+               f"compile {cfg.compile}",
+               f"- batch: micro-batch {batch_text} x "
+               f"{cfg.gradient_accumulation_steps} micro-steps; {args.iters} timed iterations after {args.warmup} "
+               f"warm-up; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
+               "",
+               "| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × softmax |",
+               "|---|---|---|---:|---:|---:|---:|---:|")
+    batch_size, base, failed = args.max_batch_size if auto else cfg.batch_size, None, []
+    for (norm, gate), cfg in zip(rows, cfgs):
+        try:
+            dt, model, used = fitting_batch(cfg, vocab_size, args, batch_size, halve=auto)
+        except Exception as e:  # out of memory, a kernel that does not compile, ...: the other rows still run
+            failed.append(f"- {norm}, attn_gate={gate}: {type(e).__name__}: {str(e).strip()[:300]}")
+            continue
+        tokens = cfg.gradient_accumulation_steps * used * cfg.block_size
+        if (norm, gate) == rows[0]:  # the baseline: every other row starts from its micro-batch and compares to it
+            batch_size, base = used, tokens / dt
+        mfu = model.estimate_mfu(tokens, dt, device_name)
+        attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
+        batch = f"{used}" if used == batch_size else f"{used} (out of memory at {batch_size})"
+        report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
+                   f"{'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | {f'{tokens / dt / base:.2f}' if base else '—'} |")
+        del model
+    if failed:
+        report.add("", "Failed:", "", *failed)
 
 
 if __name__ == "__main__":
