@@ -1,0 +1,50 @@
+"""benchmarks/: each benchmark at a tiny size on CPU writes a table with a row per registered normalizer (and gate
+mode) and numbers that make sense. Nothing here asserts a speed."""
+import math
+
+import normalizers
+from benchmarks import attention, train_throughput
+
+
+def table_rows(path):
+    """The data rows of the markdown table in path, as lists of cell strings."""
+    lines = path.read_text().splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines
+            if line.startswith("| ") and not line.startswith("| attn_norm")]
+
+
+def number(cell):
+    return float(cell.split()[0].rstrip("%").replace(",", ""))
+
+
+def test_attention_has_a_row_per_normalizer(tmp_path):
+    out = tmp_path / "attention.md"
+    attention.main(["--T", "32", "--d", "8", "--H", "2", "--reps", "1", "--out", str(out)])
+    text = out.read_text()
+    assert "python -m benchmarks.attention --T 32" in text and "torch " in text and "dtype float32" in text
+    rows = table_rows(out)
+    assert {r[0] for r in rows} == set(normalizers.NORMALIZERS)
+    for norm in normalizers.NORMALIZERS:  # each impl is measured here or said not to be
+        for impl in attention.IMPLS:
+            assert [norm, impl] in [r[:2] for r in rows] or f"- {norm} {impl}: " in text
+    for norm, impl, T, d, fwd, fwd_bwd, tf, tf_bwd, mem, ratio in rows:
+        assert (T, d, mem) == ("32", "8", "n/a")
+        assert all(0 < number(x) < math.inf for x in (fwd, fwd_bwd, tf, tf_bwd, ratio))
+    assert rows[0][:2] == ["softmax", "fused"] and rows[0][-1] == "1.00"
+
+
+def test_train_throughput_has_a_row_per_normalizer_and_gate(tmp_path):
+    out = tmp_path / "train.md"
+    train_throughput.main(["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=auto",
+                           "--vocab_size", "65", "--iters", "1", "--warmup", "0", "--out", str(out)])
+    text = out.read_text()
+    assert "python -m benchmarks.train_throughput --n_layer=1" in text and "block 8, vocab 65" in text
+    rows = table_rows(out)
+    gates = train_throughput.gate_modes()
+    assert [r[:2] for r in rows] == ([[n, gates[0]] for n in normalizers.NORMALIZERS] +
+                                     [["softmax", g] for g in gates[1:]])
+    for norm, gate, path, batch, ms, tokens, mfu, ratio in rows:
+        assert batch == "12" and mfu == "n/a"  # the config's micro-batch on CPU; no known peak FLOP/s
+        assert math.isclose(number(tokens) * number(ms) / 1000, 12 * 8, rel_tol=0.1)  # ms/iter is rounded
+        assert number(ratio) > 0
+    assert rows[0][-1] == "1.00"
