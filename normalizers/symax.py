@@ -1,6 +1,6 @@
 """
 symax: p_ij = |s_ij| / (η + Σ_j |s_ij|), η > 0 per head (fixed, or learned in log space so it stays positive).
-Fused: a Triton kernel (kernels/symax.py) on CUDA; on CPU only in Triton's interpreter.
+Fused: the elementwise Triton kernel family (kernels/elementwise.py) on CUDA; on CPU only in Triton's interpreter.
 """
 
 import math
@@ -11,7 +11,7 @@ import torch.nn as nn
 from .spec import Normalizer, Setting, positive
 
 try:
-    from kernels import symax as kernel
+    from kernels import elementwise as kernel
 except ImportError:  # no triton: symax takes the reference
     kernel = None
 
@@ -43,9 +43,4 @@ class Symax(Normalizer):
         return a / (eta.view(-1, 1, 1) + a.sum(dim=-1, keepdim=True))
 
     def fused_unavailable(self, device_type, auto):
-        if kernel.INTERPRET and auto:  # on any device
-            return "TRITON_INTERPRET=1 runs the symax kernel in Triton's interpreter, much slower than the reference"
-        if not kernel.INTERPRET and device_type != "cuda":
-            return ("the symax Triton kernel needs a CUDA GPU (on CPU: set TRITON_INTERPRET=1 before importing kernels"
-                    " to run it in the slow interpreter)")
-        return None
+        return kernel.unavailable(self.name, device_type, auto)
