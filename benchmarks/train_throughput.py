@@ -31,12 +31,7 @@ import runtime
 from benchmarks import Report, header
 from configurator import ConfigError
 from prepare_data import load_meta
-from train import TrainConfig, build, load_config, train_step
-
-
-def gate_modes():
-    """The attn_gate modes the model offers, 'none' first; ('none',) while it has no attn_gate setting."""
-    return tuple(getattr(normalizers, "ATTN_GATES", ("none",)))
+from train import build, load_config, train_step
 
 
 def default_vocab_size(dataset):
@@ -89,7 +84,7 @@ def parse_args(argv):
     parser.add_argument("config", nargs="?", default="config/shakespeare_char/cpu.py")
     parser.add_argument("--norms", default=",".join(normalizers.NORMALIZERS),
                         help="comma-separated attn_norms (default: every registered one)")
-    parser.add_argument("--gates", default=",".join(gate_modes()),
+    parser.add_argument("--gates", default=",".join(normalizers.gates.GATES),
                         help="comma-separated attn_gate modes, measured with the baseline (default: every one)")
     parser.add_argument("--batch_size", help="micro-batch: an integer, or auto (see above); default: the config's")
     parser.add_argument("--max_batch_size", type=int, default=256, help="where --batch_size=auto starts halving")
@@ -98,7 +93,7 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=5, help="iterations before timing (compilation happens here)")
     parser.add_argument("--out", help="also write the table to this file, e.g. benchmarks/results/<device>-train.md")
     args, overrides = parser.parse_known_args(argv)
-    for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", gate_modes())):
+    for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", normalizers.gates.GATES)):
         unknown = [n for n in getattr(args, name).split(",") if n not in valid]
         if unknown:
             parser.error(f"unknown {name} {', '.join(unknown)}; valid: {', '.join(valid)}")
@@ -111,9 +106,8 @@ def parse_args(argv):
 
 def row_config(args, overrides, norm, gate):
     """The TrainConfig of one row: the config file, the overrides, this attn_norm and attn_gate."""
-    gate_override = [f"--attn_gate={gate}"] if hasattr(TrainConfig, "attn_gate") else []
     batch = [f"--batch_size={args.batch_size}"] if args.batch_size not in (None, "auto") else []
-    cfg = load_config([args.config, *overrides, *batch, f"--attn_norm={norm}", *gate_override])
+    cfg = load_config([args.config, *overrides, *batch, f"--attn_norm={norm}", f"--attn_gate={gate}"])
     cfg.validate()
     return cfg
 
