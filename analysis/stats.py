@@ -19,7 +19,7 @@ activations") raise the tensor kurtosis, not the per-token one; a channel that i
 "outlier feature") raises the per-token one; sequences of different scales raise the tensor kurtosis, not
 the per-sample one.
 
-Matrices: h.<i>.attn.c_attn.{q,k,v} (the thirds of c_attn), h.<i>.attn.c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj,
+Matrices: h.<i>.attn.c_attn.{q,k,v} (c_attn's rows computing q, k and v), h.<i>.attn.c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj,
 wte (= the tied lm_head) and wpe. Activation points of block i, captured with forward hooks on the probe batch:
 
     h.<i>.attn_out      the heads' outputs, concatenated: the input of attn.c_proj
@@ -37,9 +37,19 @@ for every model and says nothing):
 
     attn_sink      mean weight on the first token, the "attention sink"
     attn_quiet     1 - Σ_j weights: the mass a query does not spend; 0 for softmax, > 0 for softmax1 and symax
-                   (exp(0) or η in the denominator), λ for diff (whose signed weights A1 - λ·A2 sum to 1 - λ)
+                   (exp(0) or η in the denominator), λ for diff (whose signed weights A1 - λ·A2 sum to 1 - λ).
+                   For sink and kvbias it is the weight of the virtual key (exp(b_h), or exp(q·k′/√d) in the
+                   denominator): the learned "no-op" that competes with the first token as a sink; kvbias spends
+                   it on v′_h. For diff2, σ(λ_i) (the signed weights A(q_2i) - σ(λ_i)·A(q_2i+1) sum to 1 - σ(λ_i)).
     attn_entropy   entropy in nats of |weights| renormalised to sum to 1 (for diff |A1 - λ·A2|): where the
                    mass goes, whatever its amount. Rows whose weights all underflow to 0 have none and are left out.
+
+With an output gate (attn_gate), per layer, over every gate value σ(c_gate(x)) of the probe (per head and token,
+or per channel and token):
+
+    gate_mean      the mean gate value (headwise_slice starts at 0.25, the others at 0.5)
+    gate_sparsity  the fraction of gate values below 0.1: how often heads (or channels) are switched off, the
+                   sparsity the gating papers report
 """
 
 from functools import partial
@@ -82,9 +92,11 @@ def weight_stats(model):
     for name, p in model.named_parameters():  # a tied lm_head is the same Parameter as wte: listed once
         if p.dim() < 2:  # biases, norms, λ, η
             continue
-        name = name.removeprefix("transformer.").removesuffix(".weight")
-        if name.endswith("attn.c_attn"):  # (3C, C): the rows computing q, then k, then v
-            for part, w in zip("qkv", p.chunk(3, dim=0)):
+        module = name.removesuffix(".weight")
+        name = module.removeprefix("transformer.")
+        if name.endswith("attn.c_attn"):  # the rows computing q, then k, then v, in the normalizer's widths
+            sizes = model.get_submodule(module.removesuffix(".c_attn")).qkv_sizes
+            for part, w in zip("qkv", p.split(sizes, dim=0)):
                 out[f"weight_kurtosis/{name}.{part}"] = excess_kurtosis(w)
         else:
             out[f"weight_kurtosis/{name}"] = excess_kurtosis(p)
@@ -125,6 +137,12 @@ def _store_activation(values, name, from_input, module, args, output):
         values[f"{stat}/{name}"] = v
 
 
+def _store_gate(values, layer, module, args, output):
+    gate = torch.sigmoid(output.detach().float())
+    values[f"gate_mean/{layer}"] = gate.mean()
+    values[f"gate_sparsity/{layer}"] = (gate < 0.1).float().mean()
+
+
 def _store_attention(values, layer, module, args):
     for stat, per_head in attention_stats(module.attention_probs(args[0])).items():
         values[f"{stat}/{layer}"] = per_head.mean()
@@ -155,6 +173,8 @@ def model_stats(model, probe, max_tokens=8192):
         for module, point, from_input in taps:
             hooks.append(module.register_forward_hook(partial(_store_activation, values, f"h.{i}.{point}", from_input)))
         hooks.append(block.attn.register_forward_pre_hook(partial(_store_attention, values, f"h.{i}")))
+        if hasattr(block.attn, "c_gate"):
+            hooks.append(block.attn.c_gate.register_forward_hook(partial(_store_gate, values, f"h.{i}")))
     was_training = model.training
     model.eval()
     try:

@@ -60,6 +60,56 @@ def loop_attention(q, k, v, attn_norm, eta=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# One virtual key per query (sink: logit b_h, no value; kvbias: logit q_i·k′_h/√d, value v′_h): the softmax over
+# [virtual logit, s_i0 … s_ii], written out per row.
+
+
+def virtual_key_row(s, b):
+    """(weight of the virtual key, weights of the real keys) of one row of visible scores s and virtual logit b."""
+    w = sp_softmax(np.append(float(b), np.asarray(s, dtype=np.float64)))
+    return w[0], w[1:]
+
+
+def virtual_key_loop_attention(q, k, v, logits, values):
+    """Causal attention with one virtual key, loops over batch, head and query, float64. q, k, v: (B, H, T, d);
+    logits (B, H, T): each query's virtual logit; values (H, d): each head's virtual value."""
+    q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
+    B, H, T, d = q.shape
+    out = np.zeros((B, H, T, v.shape[-1]))
+    for b in range(B):
+        for h in range(H):
+            for i in range(T):
+                s = np.array([q[b, h, i] @ k[b, h, j] for j in range(i + 1)]) / math.sqrt(d)
+                p_virtual, w = virtual_key_row(s, logits[b, h, i])
+                out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(i + 1)) + p_virtual * values[h]
+    return out
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def diff2_attention_module(x, W):
+    """Differential Transformer V2 (multihead_flashdiffv2.py's layout) from its weights, float64. x: (B, T, C); W:
+    c_attn.weight (4C, C) computing [q (2C) | k | v], optional c_attn.bias, c_proj.*, lambda_proj.weight (H, C)."""
+    x = np.asarray(x, dtype=np.float64)
+    B, T, C = x.shape
+    H = W["lambda_proj.weight"].shape[0]
+    d = C // H
+    qkv = x @ W["c_attn.weight"].T + W.get("c_attn.bias", 0.0)
+    q = qkv[..., :2 * C].reshape(B, T, 2 * H, d)  # flash_attn's GQA: query head j reads kv head j // 2
+    k, v = qkv[..., 2 * C:3 * C].reshape(B, T, H, d), qkv[..., 3 * C:].reshape(B, T, H, d)
+    lam = x @ W["lambda_proj.weight"].T  # (B, T, H)
+    out = np.zeros((B, T, H, d))
+    for b in range(B):
+        for i in range(H):
+            a1 = causal_softmax_2d(q[b, :, 2 * i] @ k[b, :, i].T / math.sqrt(d))
+            a2 = causal_softmax_2d(q[b, :, 2 * i + 1] @ k[b, :, i].T / math.sqrt(d))
+            out[b, :, i] = a1 @ v[b, :, i] - sigmoid(lam[b, :, i])[:, None] * (a2 @ v[b, :, i])
+    return out.reshape(B, T, C) @ W["c_proj.weight"].T + W.get("c_proj.bias", 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Differential attention (Ye et al. 2024), following the official multihead_diffattn.py:
 #   q, k viewed (B, T, 2·h, d), v viewed (B, T, h, 2d) where h = n_head / 2 heads of the "diff" model;
 #   attn_weights.view(B, h, 2, T, T); attn = (A[:, :, 0] - λ A[:, :, 1]) @ v; subln = RMSNorm(2d, eps=1e-5);
@@ -148,15 +198,25 @@ def gpt_logits(sd, idx, n_head, attn_norm, eta=1.0):
     while f"transformer.h.{layer}.ln_1.weight" in sd:
         p = f"transformer.h.{layer}."
         h = layer_norm(x, g(p + "ln_1.weight"), g(p + "ln_1.bias"))
+        W = {k[len(p + "attn."):]: v for k, v in sd.items() if k.startswith(p + "attn.")}
         if attn_norm == "diff":
-            W = {k[len(p + "attn."):]: v for k, v in sd.items() if k.startswith(p + "attn.")}
             W["n_head"] = n_head
             x = x + diff_attention_module(h, W, layer)
+        elif attn_norm == "diff2":
+            x = x + diff2_attention_module(h, W)
         else:
             qkv = h @ g(p + "attn.c_attn.weight").T + (g(p + "attn.c_attn.bias") if g(p + "attn.c_attn.bias") is not None else 0.0)
             q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, n_head, d).transpose(0, 2, 1, 3) for i in range(3))
             etas = np.broadcast_to(np.exp(g(p + "attn.log_eta")) if g(p + "attn.log_eta") is not None else eta, (n_head,))
-            y = loop_attention(q, k, v, attn_norm, etas).transpose(0, 2, 1, 3).reshape(B, T, C)
+            if attn_norm == "sink":
+                y = virtual_key_loop_attention(q, k, v, np.broadcast_to(W["sink"][:, None], (B, n_head, T)),
+                                               np.zeros((n_head, d)))
+            elif attn_norm == "kvbias":
+                logits = np.einsum("bhtd,hd->bht", q, W["k_bias"]) / math.sqrt(d)
+                y = virtual_key_loop_attention(q, k, v, logits, W["v_bias"])
+            else:
+                y = loop_attention(q, k, v, attn_norm, etas)
+            y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
             x = x + y @ g(p + "attn.c_proj.weight").T + (g(p + "attn.c_proj.bias") if g(p + "attn.c_proj.bias") is not None else 0.0)
         h = layer_norm(x, g(p + "ln_2.weight"), g(p + "ln_2.bias"))
         h = gelu(h @ g(p + "mlp.c_fc.weight").T + (g(p + "mlp.c_fc.bias") if g(p + "mlp.c_fc.bias") is not None else 0.0))
@@ -172,13 +232,20 @@ def state_dict_f64(model):
 
 def count_gpt2_params(V, T, L, C, bias, attn_norm="softmax", n_head=None, include_wpe=False):
     """nanoGPT's parameter count by hand: per block ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj; wte (tied with
-    lm_head), ln_f; wpe only if include_wpe. diff adds 4 λ vectors (d) and the subln weight (2d) per block."""
+    lm_head), ln_f; wpe only if include_wpe. diff adds 4 λ vectors (d) and the subln weight (2d) per block; sink
+    a logit per head; kvbias k′ and v′ (H, d); diff2 n_embd more query rows in c_attn and lambda_proj (H, C)."""
     b = 1 if bias else 0
     ln = C + b * C
     block = ln + (3 * C * C + b * 3 * C) + (C * C + b * C) + ln + (4 * C * C + b * 4 * C) + (4 * C * C + b * C)
     if attn_norm == "diff":
         d = C // n_head
         block += 4 * d + 2 * d
+    elif attn_norm == "sink":
+        block += n_head
+    elif attn_norm == "kvbias":
+        block += 2 * C
+    elif attn_norm == "diff2":
+        block += C * C + b * C + n_head * C
     return V * C + L * block + ln + (T * C if include_wpe else 0)
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import model
 import normalizers
 from helpers import (causal_weights, count_gpt2_params, diff_attention_module, diff_heads, diff_lambda, gpt_logits,
-                     lambda_init, loop_attention, softmax1_row, softmax_row, state_dict_f64, symax_row)
+                     lambda_init, loop_attention, sigmoid, softmax1_row, softmax_row, state_dict_f64, symax_row,
+                     virtual_key_row)
 from model import GPT, GPTConfig
 
 NORMS = tuple(normalizers.NORMALIZERS)  # a new normalizer joins every test below (helpers.py: its oracle)
@@ -267,6 +268,11 @@ def test_parameter_counts(bias):
     assert counts["softmax1"] == counts["softmax"] == counts["symax"]
     assert counts["diff"][0] == base + 4 * d * L + 2 * d * L
     assert counts["diff"][1] == counts["diff"][0] + T * C
+    assert counts["sink"][0] == base + H * L  # one logit per head
+    assert counts["kvbias"][0] == base + 2 * H * d * L  # k′ and v′ per head
+    assert counts["diff2"][0] == base + (C * C + (C if bias else 0) + H * C) * L  # n_embd more q rows, lambda_proj
+    for attn_norm in ("sink", "kvbias", "diff2"):
+        assert counts[attn_norm][1] == counts[attn_norm][0] + T * C
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -381,6 +387,13 @@ def test_module_names_and_shapes_match_nanogpt(attn_norm):
             d = C // 4
             expected.update({p + f"attn.lambda_{n}": (d,) for n in ("q1", "k1", "q2", "k2")})
             expected[p + "attn.subln.weight"] = (2 * d,)
+        if attn_norm == "sink":
+            expected[p + "attn.sink"] = (4,)
+        if attn_norm == "kvbias":
+            expected.update({p + "attn.k_bias": (4, C // 4), p + "attn.v_bias": (4, C // 4)})
+        if attn_norm == "diff2":  # [q (2C) | k | v], as multihead_flashdiffv2.py's q_proj, k_proj, v_proj
+            expected.update({p + "attn.c_attn.weight": (4 * C, C), p + "attn.c_attn.bias": (4 * C,),
+                             p + "attn.lambda_proj.weight": (4, C)})
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected
     assert m.lm_head.weight is m.transformer.wte.weight  # tied
 
@@ -457,7 +470,7 @@ def test_estimate_mfu(attn_norm):
     m = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=C, bias=True, attn_norm=attn_norm))
     assert m.estimate_mfu(1000, 0.1, "cpu") is None
     N = count_gpt2_params(V, T, L, C, True, attn_norm, H)  # non-embedding: wpe excluded, tied wte counted
-    attn = 12 * L * H * (C // H) * T * (1.5 if attn_norm == "diff" else 1.0)
+    attn = 12 * L * H * (C // H) * T * {"diff": 1.5, "diff2": 2.0}.get(attn_norm, 1.0)  # diff2: 2H query heads
     tokens_per_iter, dt = 4 * 8 * T, 0.25
     expected = (6 * N + attn) * tokens_per_iter / dt / 989e12  # H100 SXM: 989 TFLOP/s dense bf16
     assert m.estimate_mfu(tokens_per_iter, dt, "NVIDIA H100 80GB HBM3") == pytest.approx(expected, rel=1e-12)
@@ -516,7 +529,22 @@ def test_attention_probs(attn_norm):
     qkv_ = xd @ W["c_attn.weight"].T + W["c_attn.bias"]
     q, k = (qkv_[..., i * 32:(i + 1) * 32].reshape(2, T, 4, 8).transpose(0, 2, 1, 3) for i in range(2))
     s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(8)
-    if attn_norm == "diff":
+    if attn_norm in ("sink", "kvbias"):  # weights over the real keys; the virtual key takes the rest
+        assert probs.shape == (2, 4, T, T)
+        logits = (np.broadcast_to(W["sink"][None, :, None], (2, 4, T)) if attn_norm == "sink"
+                  else np.einsum("bhtd,hd->bht", q, W["k_bias"]) / math.sqrt(8))
+        expected, quiet = np.zeros((2, 4, T, T)), np.zeros((2, 4, T))
+        for b, h, i in np.ndindex(2, 4, T):
+            quiet[b, h, i], expected[b, h, i, :i + 1] = virtual_key_row(s[b, h, i, :i + 1], logits[b, h, i])
+        np.testing.assert_allclose(1 - sums.numpy(), quiet, rtol=1e-4, atol=1e-6)
+    elif attn_norm == "diff2":  # q: 2H heads [q | k | v] = [64 | 32 | 32]; kv head i serves query heads 2i, 2i+1
+        q = qkv_[..., :64].reshape(2, T, 8, 8).transpose(0, 2, 1, 3)
+        k = qkv_[..., 64:96].reshape(2, T, 4, 8).transpose(0, 2, 1, 3)
+        a = causal_weights(q @ np.repeat(k, 2, axis=1).transpose(0, 1, 3, 2) / math.sqrt(8), "softmax")
+        gate = sigmoid(xd @ W["lambda_proj.weight"].T).transpose(0, 2, 1)[..., None]  # (2, 4, T, 1)
+        expected = a[:, 0::2] - gate * a[:, 1::2]
+        np.testing.assert_allclose(sums.numpy(), 1 - gate[..., 0], rtol=1e-5, atol=1e-5)
+    elif attn_norm == "diff":
         assert probs.shape == (2, 2, T, T)
         lam = diff_lambda(W["lambda_q1"], W["lambda_k1"], W["lambda_q2"], W["lambda_k2"], 1)
         a = causal_weights(s, "softmax")
