@@ -106,14 +106,15 @@ def main(argv=None):
 
     from checkpoint import CheckpointError, load_model
     from prepare_data import load_meta
-    device, ddp = args.device, "RANK" in os.environ
-    if ddp:  # torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows
-        if device.startswith("cuda"):
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    from runtime import setup_distributed
+    # Under torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows.
+    dist_ctx = setup_distributed(args.device)
     try:
-        model, ckpt = load_model(args.out_dir, device)
+        model, ckpt = load_model(args.out_dir, dist_ctx.device)
+        block_size = ckpt["model_args"]["block_size"]
+        if args.stride is not None and not 1 <= args.stride <= block_size:
+            raise ValueError(f"--stride={args.stride} is out of range: it must be in [1, {block_size}] (1 to the "
+                             f"checkpoint's block_size); leave it out to slide by block_size")
         data_dir = Path(args.data_dir or Path("data") / ckpt["config"]["dataset"])
         meta = load_meta(data_dir)
         if meta["vocab_size"] != ckpt["meta"]["vocab_size"]:
@@ -122,18 +123,16 @@ def main(argv=None):
         tokens = np.memmap(data_dir / f"{args.split}.bin", dtype=meta["dtype"], mode="r")
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    block_size = ckpt["model_args"]["block_size"]
-    result = evaluate_perplexity(model, tokens, block_size, args.batch_size or ckpt["config"]["batch_size"], device,
-                                 args.stride)
-    if not ddp or dist.get_rank() == 0:
+    result = evaluate_perplexity(model, tokens, block_size, args.batch_size or ckpt["config"]["batch_size"],
+                                 dist_ctx.device, args.stride)
+    if dist_ctx.master:
         values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],
                   "tokens": result["tokens"], "bpc": bits_per_char(result["nll_sum"], tokens, meta),
                   "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
                   "iter": ckpt["iter_num"]}
         update_json(Path(args.out_dir) / "eval.json", values)
         print(json.dumps(values, indent=2))
-    if ddp:
-        dist.destroy_process_group()
+    dist_ctx.close()
 
 
 if __name__ == "__main__":
