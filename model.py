@@ -142,6 +142,32 @@ def peak_flops(device_name):
     return next((f for key, f in PEAK_FLOPS.items() if key in device_name), None)
 
 
+class MuonAdamW:
+    """Muon and AdamW stepped as one optimizer: the interface train.py, GradScaler and checkpoints use."""
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self):
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state):
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -190,15 +216,27 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon_lr=None):
+        """AdamW, or with muon_lr: Muon for the blocks' weight matrices and AdamW for the rest (embeddings, lm_head,
+        norms, biases and every normalizer parameter), as one optimizer. A group's lr_scale is its peak lr over
+        learning_rate: train.py multiplies the scheduled lr by it."""
         # Decay every matrix (matmul weights, embeddings); not biases, norms, λ, η, nor what the normalizer exempts.
         exempt = normalizers.get(self.config.attn_norm).no_weight_decay
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        decay = [p.dim() >= 2 and n.rsplit(".", 1)[-1] not in exempt for n, p in params]
-        groups = [{"params": [p for (_, p), d in zip(params, decay) if d], "weight_decay": weight_decay},
-                  {"params": [p for (_, p), d in zip(params, decay) if not d], "weight_decay": 0.0}]
+        matrix = {n: p.dim() >= 2 and n.rsplit(".", 1)[-1] not in exempt for n, p in params}
+        muon = [p for n, p in params if muon_lr is not None and matrix[n] and n.startswith("transformer.h.")]
+        adamw = [(n, p) for n, p in params if not any(p is m for m in muon)]
+        groups = [{"params": [p for n, p in adamw if matrix[n]], "weight_decay": weight_decay},
+                  {"params": [p for n, p in adamw if not matrix[n]], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        if not muon:
+            return adamw
+        # "match_rms_adamw" scales each matrix's orthogonalised update to AdamW's RMS (Moonshot's Muon), so that
+        # Muon can take AdamW's learning rate and weight decay.
+        muon = torch.optim.Muon([{"params": muon, "lr_scale": muon_lr / learning_rate}], lr=muon_lr,
+                                weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        return MuonAdamW(muon, adamw)
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B, with the attention

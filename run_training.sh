@@ -36,6 +36,15 @@ if ! python -c 'import sys, prepare_data; sys.exit(not prepare_data.is_prepared(
 fi
 
 nproc=${NPROC:-$(( gpus > 0 ? gpus : 1 ))}
+# Every check train.py makes before spending compute (settings for this number of processes, the data), here and
+# once: torchrun would retry a user error MAX_RESTARTS times.
+python -c '
+import sys, train
+try:
+    train.preflight(sys.argv[2:], int(sys.argv[1]))
+except (train.ConfigError, train.CheckpointError) as e:
+    sys.exit(f"error: {e}")' "$(( nproc * ${NNODES:-1} ))" "$@"
+
 if [ "${NNODES:-1}" -gt 1 ]; then
     rendezvous=(--nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" --rdzv-backend=c10d
                 --rdzv-endpoint="${MASTER_ADDR:?set MASTER_ADDR}:${MASTER_PORT:-29500}")

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import normalizers
 import runtime
-from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig
 from prepare_data import DataError, load_prepared, tokenizer_identity
@@ -64,15 +64,19 @@ class TrainConfig(GPTConfig):
     wandb_log: bool = False  # log to wandb too (WANDB_MODE=offline works without network)
     wandb_project: str = "attnorm"  # the wandb project
     wandb_run_name: str = ""  # empty: '<attn_norm>-s<seed>'
+    wandb_group: str = ""  # runs of one study share a group (run_study.sh sets it); empty: none
+    wandb_tags: str = ""  # comma-separated tags, added to attn_norm, optimizer and seed=<seed>
     # data
     dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
     gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
     batch_size: int = 12  # sequences per micro-step and rank
     finetune_other_dataset: bool = False  # resume a checkpoint trained on another dataset with the same tokenizer
-    # AdamW
-    learning_rate: float = 6e-4  # peak learning rate
+    # optimizer
+    optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for everything else
+    learning_rate: float = 6e-4  # peak learning rate (AdamW's)
+    muon_lr: float = None  # peak learning rate of the Muon matrices; None: learning_rate (updates are RMS-matched)
     max_iters: int = 600000  # total iterations
-    weight_decay: float = 1e-1  # AdamW weight decay of the matrices
+    weight_decay: float = 1e-1  # weight decay of the matrices (AdamW's and Muon's)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 disables clipping
@@ -109,7 +113,10 @@ class TrainConfig(GPTConfig):
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES)}
+        if self.muon_lr is not None and self.muon_lr <= 0:
+            raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
+        choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES),
+                   "optimizer": ("adamw", "muon")}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
@@ -206,7 +213,9 @@ def build(cfg, meta, out_dir, dist_ctx):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     device_type = dist_ctx.device.split(":")[0]
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    muon_lr = (cfg.muon_lr or cfg.learning_rate) if cfg.optimizer == "muon" else None
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type,
+                                           muon_lr)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.dtype == "float16")
     state = TrainState(0, float("inf"), torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed + dist_ctx.rank)  # dropout: per rank
@@ -340,9 +349,10 @@ class MetricsLog:
         if cfg.wandb_log and master:
             import wandb
             run_name = cfg.wandb_run_name or f"{cfg.attn_norm}-s{cfg.seed}"
+            tags = [cfg.attn_norm, cfg.optimizer, f"seed={cfg.seed}", *filter(None, cfg.wandb_tags.split(","))]
             wandb.init(project=cfg.wandb_project, name=run_name, config=dataclasses.asdict(cfg), dir=str(out_dir),
                        id=f"{run_name}-{hashlib.md5(str(out_dir.resolve()).encode()).hexdigest()[:8]}",
-                       resume="allow")
+                       resume="allow", group=cfg.wandb_group or None, tags=tags)
             self.wandb = wandb
 
     def record(self, iter_num, event):
@@ -365,48 +375,77 @@ class MetricsLog:
 
 # ---- the run ----
 
+def check_out_dir(out_dir):
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror}): choose another --out_dir") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigError(f"out_dir {out_dir} is not writable: choose another --out_dir")
+
+
+def preflight(argv, world_size):
+    """Every check a run makes before it spends compute, without starting it (run_training.sh calls this before
+    torchrun, so that a user error is reported once, not retried)."""
+    cfg = load_config(argv)
+    cfg.validate(world_size)
+    load_dataset(cfg)
+    return cfg
+
+
 def main(argv):
     cfg = load_config(argv)
     cfg.validate(int(os.environ.get("WORLD_SIZE", 1)))
     cfg.out_dir = cfg.out_dir or f"out/{cfg.dataset}-{cfg.n_layer}x{cfg.n_embd}-{cfg.attn_norm}-s{cfg.seed}"
     dist_ctx = runtime.setup_distributed(cfg.device)
-    log = print if dist_ctx.master else (lambda *a, **k: None)
     data, meta = load_dataset(cfg)
     out_dir = Path(cfg.out_dir)
     if dist_ctx.master:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create out_dir {out_dir} ({e.strerror}): choose another --out_dir") from None
-        if not os.access(out_dir, os.W_OK):
-            raise ConfigError(f"out_dir {out_dir} is not writable: choose another --out_dir")
-
+        check_out_dir(out_dir)
     model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
-    raw_model, device_type = model, dist_ctx.device.split(":")[0]
-    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, device_type, cfg.dropout)
+    log = print if dist_ctx.master else (lambda *a, **k: None)
+    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0], cfg.dropout)
     log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: {attention}")
     if ckpt_path:
         log(f"resumed from {ckpt_path} at iter {state.iter_num}")
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
+    metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
+                                    "world_size": dist_ctx.world_size, "attention": attention})
+    try:
+        train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at iter {state.iter_num}; " + checkpoint_note(out_dir)) from None
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise TrainingError(out_of_memory_message(cfg, e)) from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        raise TrainingError(out_of_memory_message(cfg, e)) from None
+    finally:
+        metrics.close()
+    dist_ctx.close()
+
+
+def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log):
+    """nanoGPT's loop: evaluate and checkpoint every eval_interval, one optimizer step per iteration, log."""
+    raw_model, device_type = model, dist_ctx.device.split(":")[0]
     if cfg.compile:
         model = torch.compile(model)
     if dist_ctx.ddp:
         model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
     autocast = runtime.autocast(device_type, cfg.dtype)
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
-    metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
-                                    "world_size": dist_ctx.world_size, "attention": attention})
     probe = None
     if cfg.log_stats:
         from analysis.stats import model_stats, probe_batch
         probe = probe_batch(data["val"], cfg.block_size).to(dist_ctx.device)
-
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     device_name = runtime.device_name(dist_ctx.device)
     t0, t0_iter = time.time(), state.iter_num
     while True:
         lr = get_lr(state.iter_num, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
             losses = estimate_loss(model, data, cfg, autocast, dist_ctx)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
@@ -422,7 +461,7 @@ def main(argv):
                     save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx)
             t0, t0_iter = time.time(), state.iter_num  # timings exclude evaluation and checkpointing
         if state.iter_num >= cfg.max_iters or cfg.eval_only:
-            break
+            return
 
         loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
                                               autocast, dist_ctx)
@@ -449,22 +488,37 @@ def main(argv):
             print(f"iter {state.iter_num}: loss {loss.item():.4f}, {dt * 1000:.1f} ms, "
                   f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ""))
 
-    metrics.close()
-    dist_ctx.close()
+
+# ---- what a stopped run says ----
+
+class Interrupted(TrainingError):
+    """Ctrl-C: one line saying what was kept."""
+
+
+def checkpoint_note(out_dir):
+    ckpt = out_dir / CKPT_NAME
+    if not ckpt.exists():
+        return f"no checkpoint was written to {out_dir}"
+    return f"last checkpoint at iter {checkpoint_iter(ckpt)} ({ckpt}); the same command resumes from it"
 
 
 def nonfinite_message(cfg, state, out_dir):
     """Why the run stops after max_nonfinite_steps NaN/Inf steps, naming the likely cause and what is on disk."""
-    iter_num = state.iter_num - 1
     causes = "lower learning_rate, use dtype=bfloat16/float32, or check the data"
     if cfg.learning_rate > 1:
         causes = f"lower learning_rate ({cfg.learning_rate} is far too high)"
     elif cfg.grad_clip == 0:
         causes = "lower learning_rate or clip gradients (grad_clip=1.0; it is 0, off)"
-    ckpt = out_dir / CKPT_NAME
-    kept = (f"The last good checkpoint, {ckpt}, is untouched: resume from it after the fix" if ckpt.exists() else
-            "No checkpoint was written (none before the first eval after a good step)")
-    return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {iter_num}: {causes}. {kept}."
+    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)}" if (out_dir / CKPT_NAME).exists()
+            else "No checkpoint was written")
+    return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {state.iter_num - 1}: {causes}. {kept}."
+
+
+def out_of_memory_message(cfg, error):
+    where = "GPU" if isinstance(error, torch.OutOfMemoryError) else "CPU"
+    return (f"out of {where} memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}, "
+            f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd}: lower batch_size (raise gradient_accumulation_steps to keep "
+            f"the global batch), or block_size, or the model size")
 
 
 if __name__ == "__main__":
@@ -473,5 +527,8 @@ if __name__ == "__main__":
         sys.exit(0)
     try:
         main(sys.argv[1:])
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, CheckpointError, TrainingError) as e:
         sys.exit(f"error: {e}")

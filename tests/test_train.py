@@ -184,6 +184,10 @@ def test_torchrun_two_processes_match_one(tmp_path, char_data_root):
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=0, atol=1e-5)
     assert load_params(wd / "ddp")["iter_num"] == 8
+    # evaluation draws its batches like training: the same batches, so the same losses, for 1 and 2 processes
+    for a, b in zip(events(wd / "ddp", "eval"), events(wd / "single", "eval"), strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
     # not vacuous: the weights moved (the loss changed), and the runs saw the global batch, not one rank's half
     assert abs(single[-1]["loss"] - single[0]["loss"]) > 1e-3
 
