@@ -11,12 +11,15 @@ attn_impl (a setting) picks how attention runs:
 
 
 from . import gates
+from .clipped import Clipped
 from .diff import Diff
 from .diff2 import Diff2
 from .kvbias import KVBias
+from .sigmoid import Sigmoid
 from .sink import Sink
 from .softmax import Softmax
 from .softmax1 import Softmax1
+from .softpick import Softpick
 from .spec import Normalizer, Setting, causal_scores, reference_attention, reference_weights
 from .symax import Symax
 
@@ -26,6 +29,9 @@ NORMALIZERS = {spec.name: spec for spec in (
     Softmax1(),
     Symax(),
     Diff(),
+    Sigmoid(),
+    Softpick(),
+    Clipped(),
     Sink(),
     KVBias(),
     Diff2(),

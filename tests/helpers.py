@@ -25,11 +25,36 @@ def symax_row(s, eta):
     return a / (eta + a.sum())
 
 
-ROW_FNS = {"softmax": softmax_row, "softmax1": softmax1_row, "symax": symax_row}
+def sigmoid_row(s, bias):
+    return sigmoid(np.asarray(s, dtype=np.float64) + bias)
 
 
-def causal_weights(s, attn_norm, eta=None):
-    """s: (B, H, T, T) scores -> (B, H, T, T) float64 weights, row i over the visible columns 0..i, 0 elsewhere."""
+def softpick_row(s, eps):
+    """Softpick as the official naive_softpick_attn.py computes it: shifted by the row max m (not clamped at 0),
+    ReLU(e^(s−m) − e^(−m)) / (Σ |e^(s−m) − e^(−m)| + ε)."""
+    s = np.asarray(s, dtype=np.float64)
+    e = np.exp(s - s.max()) - np.exp(-s.max())
+    return np.maximum(e, 0.0) / (np.abs(e).sum() + eps)
+
+
+def clipped_row(s, zeta, gamma):
+    return np.clip((zeta - gamma) * softmax_row(s) + gamma, 0.0, 1.0)
+
+
+ROW_FNS = {"softmax": softmax_row, "softmax1": softmax1_row, "symax": symax_row, "sigmoid": sigmoid_row,
+           "softpick": softpick_row, "clipped": clipped_row}
+
+
+def default_settings(attn_norm, block_size):
+    """The row functions' settings at GPTConfig's defaults, from the papers: sigmoid b = −ln n, softpick ε = 1e-8,
+    clipped ζ = 1 and γ = −α/T with α = 12 (n, T: the context length)."""
+    return {"sigmoid": {"bias": -math.log(block_size)}, "softpick": {"eps": 1e-8},
+            "clipped": {"zeta": 1.0, "gamma": -12.0 / block_size}}.get(attn_norm, {})
+
+
+def causal_weights(s, attn_norm, eta=None, **settings):
+    """s: (B, H, T, T) scores -> (B, H, T, T) float64 weights, row i over the visible columns 0..i, 0 elsewhere.
+    settings: the row function's (bias, eps, zeta, gamma)."""
     s = np.asarray(s, dtype=np.float64)
     B, H, T, _ = s.shape
     w = np.zeros_like(s)
@@ -40,11 +65,11 @@ def causal_weights(s, attn_norm, eta=None):
                 if attn_norm == "symax":
                     w[b, h, i, : i + 1] = symax_row(row, float(eta[h]))
                 else:
-                    w[b, h, i, : i + 1] = ROW_FNS[attn_norm](row)
+                    w[b, h, i, : i + 1] = ROW_FNS[attn_norm](row, **settings)
     return w
 
 
-def loop_attention(q, k, v, attn_norm, eta=None):
+def loop_attention(q, k, v, attn_norm, eta=None, **settings):
     """Causal attention with explicit loops over batch, head and query position, in float64.
     q, k, v: (B, H, T, d) arrays."""
     q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
@@ -54,7 +79,7 @@ def loop_attention(q, k, v, attn_norm, eta=None):
         for h in range(H):
             for i in range(T):
                 s = np.array([q[b, h, i] @ k[b, h, j] for j in range(i + 1)]) / math.sqrt(d)
-                w = symax_row(s, float(eta[h])) if attn_norm == "symax" else ROW_FNS[attn_norm](s)
+                w = symax_row(s, float(eta[h])) if attn_norm == "symax" else ROW_FNS[attn_norm](s, **settings)
                 out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(i + 1))
     return out
 
@@ -215,7 +240,8 @@ def gpt_logits(sd, idx, n_head, attn_norm, eta=1.0):
                 logits = np.einsum("bhtd,hd->bht", q, W["k_bias"]) / math.sqrt(d)
                 y = virtual_key_loop_attention(q, k, v, logits, W["v_bias"])
             else:
-                y = loop_attention(q, k, v, attn_norm, etas)
+                block_size = g("transformer.wpe.weight").shape[0]
+                y = loop_attention(q, k, v, attn_norm, etas, **default_settings(attn_norm, block_size))
             y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
             x = x + y @ g(p + "attn.c_proj.weight").T + (g(p + "attn.c_proj.bias") if g(p + "attn.c_proj.bias") is not None else 0.0)
         h = layer_norm(x, g(p + "ln_2.weight"), g(p + "ln_2.bias"))

@@ -10,8 +10,9 @@ times the logit scale: flash-style backwards form dS = P ∘ (dP − Δ), which 
 does the same). softmax1 is also checked in float64 against an independent float64 formula to rtol 1e-12, atol
 1e-14 times the logit scale (the CPU flash kernel runs fp64), and by gradcheck.
 
-The symax Triton kernel runs on CPU only in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py
-before any import); the interpreter's bf16 tl.dot is broken (triton 3.9), so its half-precision test is fp16.
+The elementwise Triton kernel family (symax, sigmoid, softpick, clipped) has its own tests in test_elementwise.py;
+here only its routing and the whole model. It runs on CPU only in Triton's interpreter (TRITON_INTERPRET=1, set by
+tests/conftest.py before any import).
 CUDA tests (marker `cuda`) compare bf16 on the GPU with the fp32 reference at bf16 tolerances.
 """
 
@@ -26,9 +27,9 @@ from kernels import diff, softmax1
 from normalizers import NORMALIZERS, reference_attention
 
 try:
-    from kernels import symax
+    from kernels import elementwise
 except ImportError:  # no triton
-    symax = None
+    elementwise = None
 
 RTOL, ATOL = 1e-4, 1e-6  # fp32, see above
 SHAPES = [  # (B, H, T, d): batch 1 and 2, ragged T, head_dims 8/16/64
@@ -38,9 +39,12 @@ SHAPES = [  # (B, H, T, d): batch 1 and 2, ragged T, head_dims 8/16/64
     (2, 2, 100, 8),
 ]
 
-needs_triton = pytest.mark.skipif(symax is None, reason="the symax kernel needs triton")
-interpreted = pytest.mark.skipif(symax is None or not symax.INTERPRET,
-                                 reason="the symax kernel runs on CPU only with TRITON_INTERPRET=1 set before import")
+needs_triton = pytest.mark.skipif(elementwise is None, reason="the elementwise kernels need triton")
+interpreted = pytest.mark.skipif(elementwise is None or not elementwise.INTERPRET,
+                                 reason="Triton kernels run on CPU only with TRITON_INTERPRET=1 set before import")
+# the normalizers whose fused path is the elementwise Triton family
+ELEMENTWISE = [name for name, spec in NORMALIZERS.items()
+               if getattr(spec.fused, "__module__", "") == "kernels.elementwise"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -73,12 +77,6 @@ def assert_matches(fused, reference, inputs, names, rtol=RTOL, atol=ATOL):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         err, scale = (a.double() - b.double()).abs().max().item(), b.double().abs().max().item()
         assert err <= rtol * scale + atol, f"{name}: max error {err:.2e} where max |reference| = {scale:.2e}"
-
-
-def make_log_eta(H, device="cpu"):
-    """A learned log η, a leaf: η = exp(log η) differs per head and from 1, and gradients reach log η as in the
-    model."""
-    return torch.linspace(-1.0, 1.0, H, device=device).requires_grad_()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,57 +167,6 @@ def test_diff_matches_reference(shape, q_scale, dtype):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# symax (Triton interpreter)
-
-
-def symax_pair():
-    """(fused, reference) taking (q, k, v, log_eta), with η = exp(log_eta) as in the model."""
-    fused = lambda q, k, v, log_eta: symax.symax_attention(q, k, v, log_eta.exp())
-    ref = lambda q, k, v, log_eta: reference_attention(q, k, v, NORMALIZERS["symax"].weights, eta=log_eta.exp())
-    return fused, ref
-
-
-@interpreted
-@pytest.mark.parametrize("shape, q_scale", [(s, 1.0) for s in SHAPES] + [((1, 2, 33, 16), 30.0)])
-def test_symax_matches_reference(shape, q_scale):
-    log_eta = make_log_eta(shape[1])
-    assert_matches(*symax_pair(), (*qkv(*shape, q_scale=q_scale), log_eta), ("q", "k", "v", "log_eta"),
-                   atol=ATOL * q_scale)
-
-
-@interpreted
-def test_symax_interpreter_refuses_bf16():
-    with pytest.raises(TypeError, match="miscomputes bf16"):
-        symax.symax_attention(*qkv(1, 2, 4, 16, dtype=torch.bfloat16), torch.ones(2))
-
-
-@interpreted
-def test_symax_fp16():
-    log_eta = make_log_eta(2)
-    inputs = (*qkv(1, 2, 33, 16, dtype=torch.float16), log_eta)
-    assert_matches(*symax_pair(), inputs, ("q", "k", "v", "log_eta"), rtol=3e-3)
-
-
-@interpreted
-def test_symax_strided_inputs():
-    """q, k, v as the model makes them (views of one (B, T, 3C) tensor) and a transposed dO: same numbers as
-    contiguous inputs."""
-    B, H, T, d = 2, 2, 19, 16
-    x = randn(B, T, 3 * H * d)
-    views = [t.view(B, T, H, d).transpose(1, 2).requires_grad_() for t in x.split(H * d, dim=2)]
-    contiguous = [t.detach().contiguous().requires_grad_() for t in views]
-    eta = torch.tensor([0.5, 2.0])
-    dy = randn(B, T, H, d, seed=5).transpose(1, 2)
-    results = []
-    for inputs in (views, contiguous):
-        y = symax.symax_attention(*inputs, eta)
-        results.append([y, *torch.autograd.grad(y, inputs, dy)])
-    assert not views[0].is_contiguous() and not dy.is_contiguous()
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The whole model, fused vs reference
 
 
@@ -234,7 +181,8 @@ def model_losses_and_grads(attn_norm, attn_impl):
     return loss, {name: p.grad for name, p in gpt.named_parameters()}
 
 
-@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "diff", pytest.param("symax", marks=interpreted)])
+@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "diff",
+                                       *(pytest.param(norm, marks=interpreted) for norm in ELEMENTWISE)])
 def test_model_fused_matches_reference(attn_norm):
     loss, grads = model_losses_and_grads(attn_norm, "fused")
     ref_loss, ref_grads = model_losses_and_grads(attn_norm, "reference")
@@ -251,14 +199,14 @@ def test_model_fused_matches_reference(attn_norm):
                 ids=["compiled", "interpreted"])
 def triton_interpret(request, monkeypatch):
     """Both answers of the import-time TRITON_INTERPRET check (the routing does not run a kernel)."""
-    monkeypatch.setattr(symax, "INTERPRET", request.param)
+    monkeypatch.setattr(elementwise, "INTERPRET", request.param)
     return request.param
 
 
 def test_auto_picks_the_fastest_exact_path(triton_interpret):
-    for norm in ("softmax", "softmax1", "diff", "symax"):
+    for norm in ("softmax", "softmax1", "diff", *ELEMENTWISE):
         assert normalizers.use_fused(norm, "auto", "cpu", 0.0) == (norm in ("softmax", "softmax1"))  # measured fastest
-        assert normalizers.use_fused(norm, "auto", "cuda", 0.0) == (norm != "symax" or not triton_interpret)
+        assert normalizers.use_fused(norm, "auto", "cuda", 0.0) == (norm not in ELEMENTWISE or not triton_interpret)
         assert not normalizers.use_fused(norm, "reference", "cuda", 0.0)
     why = normalizers.describe("symax", "auto", "cpu", 0.0)
     assert ("Triton's interpreter" if triton_interpret else "needs a CUDA GPU") in why
@@ -292,7 +240,7 @@ def test_describe_names_the_function():
     assert normalizers.describe("softmax", "auto", "cuda", 0.0) == "fused (normalizers.softmax.sdpa_attention)"
     assert normalizers.describe("softmax1", "auto", "cpu", 0.0) == "fused (kernels.softmax1.softmax1_attention)"
     assert normalizers.describe("diff", "fused", "cuda", 0.0) == "fused (kernels.diff.diff_attention)"
-    assert normalizers.describe("symax", "fused", "cuda", 0.0) == "fused (kernels.symax.symax_attention)"
+    assert normalizers.describe("symax", "fused", "cuda", 0.0) == "fused (kernels.elementwise.symax_attention)"
     assert normalizers.describe("diff", "reference", "cuda", 0.0) == "reference (normalizers.diff.Diff.reference: asked for)"
     assert normalizers.describe("softmax1", "auto", "cpu", 0.1).startswith("reference (normalizers.softmax1.Softmax1.reference: ")
 
@@ -319,7 +267,7 @@ def assert_bf16_close(fused, reference, inputs):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "symax", "diff"])
+@pytest.mark.parametrize("attn_norm", ["softmax", "softmax1", "diff"])  # the elementwise family: test_elementwise.py
 @pytest.mark.parametrize("d, T", CUDA_CASES)
 def test_cuda_bf16(attn_norm, d, T):
     B, H = 2, 4
@@ -327,8 +275,6 @@ def test_cuda_bf16(attn_norm, d, T):
     inputs = qkv(B, H, T, d, dtype=torch.bfloat16, device="cuda", v_shape=v_shape)
     if attn_norm == "diff":
         fused, ref, extra = diff.diff_attention, lambda q, k, v, lam: reference_attention(q, k, v, NORMALIZERS["diff"].weights, lam=lam), [torch.tensor(0.37, device="cuda")]
-    elif attn_norm == "symax":
-        (fused, ref), extra = symax_pair(), [make_log_eta(H, "cuda")]
     else:
         fused = lambda q, k, v: normalizers.attention(attn_norm, q, k, v)
         ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS[attn_norm].weights)
@@ -338,13 +284,8 @@ def test_cuda_bf16(attn_norm, d, T):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("attn_norm", ["softmax1", "symax"])
-def test_cuda_fp32_is_exact(attn_norm):
-    """fp32 takes the memory-efficient kernel (softmax1) and IEEE dots (symax): fp32 accuracy."""
+def test_cuda_fp32_is_exact():
+    """fp32 takes the memory-efficient kernel: fp32 accuracy (the elementwise family's: test_elementwise.py)."""
     inputs = qkv(2, 4, 300, 64, device="cuda", q_scale=3.0)
-    if attn_norm == "symax":
-        log_eta = make_log_eta(4, "cuda")
-        assert_matches(*symax_pair(), (*inputs, log_eta), ("q", "k", "v", "log_eta"), rtol=1e-4)
-    else:
-        ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS["softmax1"].weights)
-        assert_matches(softmax1.softmax1_attention, ref, inputs, ("q", "k", "v"), rtol=1e-4)
+    ref = lambda q, k, v: reference_attention(q, k, v, NORMALIZERS["softmax1"].weights)
+    assert_matches(softmax1.softmax1_attention, ref, inputs, ("q", "k", "v"), rtol=1e-4)

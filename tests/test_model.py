@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import model
 import normalizers
-from helpers import (causal_weights, count_gpt2_params, diff_attention_module, diff_heads, diff_lambda, gpt_logits,
-                     lambda_init, loop_attention, sigmoid, softmax1_row, softmax_row, state_dict_f64, symax_row,
-                     virtual_key_row)
+from helpers import (causal_weights, count_gpt2_params, default_settings, diff_attention_module, diff_heads,
+                     diff_lambda, gpt_logits, lambda_init, loop_attention, sigmoid, softmax1_row, softmax_row,
+                     state_dict_f64, symax_row, virtual_key_row)
 from model import GPT, GPTConfig
 
 NORMS = tuple(normalizers.NORMALIZERS)  # a new normalizer joins every test below (helpers.py: its oracle)
@@ -552,9 +552,13 @@ def test_attention_probs(attn_norm):
         np.testing.assert_allclose(sums.numpy(), np.full((2, 2, T), 1 - lam), rtol=1e-5, atol=1e-5)
     else:
         assert probs.shape == (2, 4, T, T)
-        expected = causal_weights(s, attn_norm, np.ones(4))
+        expected = causal_weights(s, attn_norm, np.ones(4), **default_settings(attn_norm, 16))
         if attn_norm == "softmax":
             torch.testing.assert_close(sums, torch.ones_like(sums))
+        elif attn_norm in ("softpick", "clipped"):  # exact zeros: a row may attend to nothing, or (clipped) fully
+            assert (sums >= 0).all() and (sums <= 1).all()
+        elif attn_norm == "sigmoid":  # nothing normalises a row
+            assert (sums > 0).all()
         else:
             assert (sums < 1).all() and (sums > 0).all()
     np.testing.assert_allclose(probs.numpy(), expected, rtol=1e-4, atol=1e-5)
