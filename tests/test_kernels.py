@@ -145,10 +145,14 @@ def test_softmax1_cuda_plumbing(dtype, d, expected):
     extra outputs handed back to the backward, the efficient kernel's padded LSE) forward and backward."""
     q, k, v = qkv(2, 3, 37, d, dtype=dtype, device="meta")
     assert softmax1.backend(q) is expected  # any non-CPU device takes the CUDA choice
-    y = softmax1.Softmax1Attention.apply(q, k, v, d**-0.5, expected)
+    # with a virtual key as kvbias has it: a logit per query (fp32) and a value per head (fp32)
+    logit = torch.zeros(2, 3, 37, device="meta", requires_grad=True)
+    value = torch.zeros(3, 1, d, device="meta", requires_grad=True)
+    y = softmax1.VirtualKeyAttention.apply(q, k, v, logit, value, d**-0.5, expected)
     assert y.shape == q.shape and y.dtype == dtype
-    grads = torch.autograd.grad(y, (q, k, v), torch.ones_like(y))
+    *grads, dlogit, dvalue = torch.autograd.grad(y, (q, k, v, logit, value), torch.ones_like(y))
     assert all(g.shape == q.shape and g.dtype == dtype for g in grads)
+    assert dlogit.shape == logit.shape and dvalue.shape == value.shape and dvalue.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------
