@@ -1,0 +1,3 @@
+from config.train_gpt2 import *
+
+attn_norm = "diff2"

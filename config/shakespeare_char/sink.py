@@ -1,0 +1,3 @@
+from config.shakespeare_char.base import *
+
+attn_norm = "sink"
