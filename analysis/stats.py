@@ -41,8 +41,14 @@ for every model and says nothing):
                    For sink and kvbias it is the weight of the virtual key (exp(b_h), or exp(q·k′/√d) in the
                    denominator): the learned "no-op" that competes with the first token as a sink; kvbias spends
                    it on v′_h. For diff2, σ(λ_i) (the signed weights A(q_2i) - σ(λ_i)·A(q_2i+1) sum to 1 - σ(λ_i)).
+                   sigmoid: 1 - Σ_j σ(s_j + b), nothing normalises a row, so it is negative once a row's weights sum
+                   past 1 (attn_sink is then a weight of its own, not a share). softpick: the mass the ReLU zeroes
+                   (scores ≤ 0 count in the denominator, not the numerator); 1 for a row that attends to nothing.
+                   clipped: the mass the clip at 0 removes (small softmax weights become exact zeros), less what
+                   the clip at 1 and ζ > 1 add; ≥ 0 for ζ = 1.
     attn_entropy   entropy in nats of |weights| renormalised to sum to 1 (for diff |A1 - λ·A2|): where the
-                   mass goes, whatever its amount. Rows whose weights all underflow to 0 have none and are left out.
+                   mass goes, whatever its amount. Rows whose weights all underflow to 0 have none and are left out,
+                   as are softpick's and clipped's rows that attend to nothing (exact zeros).
 
 With an output gate (attn_gate), per layer, over every gate value σ(c_gate(x)) of the probe (per head and token,
 or per channel and token):

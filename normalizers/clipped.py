@@ -44,7 +44,7 @@ class Clipped(Normalizer):
 
     def weights(self, s, mask, zeta, gamma):
         p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-        return ((zeta - gamma) * p + gamma).clamp(0, 1).masked_fill(~mask, 0.0)
+        return torch.clamp(p * (zeta - gamma) + gamma, 0, 1)  # masked: clip(γ ≤ 0) = 0 exactly
 
     def fused_unavailable(self, device_type, auto):
         if device_type not in ("cpu", "cuda"):

@@ -38,9 +38,10 @@ class Softpick(Normalizer):
 
     def weights(self, s, mask, eps):
         s = s.masked_fill(~mask, 0.0)  # e^0 − 1 = 0: a masked key adds nothing to either sum
-        m = s.amax(dim=-1, keepdim=True).clamp(min=0)
+        # max().values, not amax(): its backward routes to the argmax alone and is cheaper on CPU
+        m = s.max(dim=-1, keepdim=True).values.clamp(min=0)
         e = torch.exp(s - m) - torch.exp(-m)
-        return e.clamp(min=0) / (e.abs().sum(dim=-1, keepdim=True) + eps)
+        return torch.relu(e) / (e.abs().sum(dim=-1, keepdim=True) + eps)
 
     def fused_unavailable(self, device_type, auto):
         return kernel.unavailable(self.name, device_type, auto)

@@ -10,6 +10,7 @@ rounding at |s| ~ 80.
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -257,13 +258,13 @@ def test_kernel_strided_inputs(norm):
 # Settings, the model and the statistics
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("softpick_eps", 0.0, "softpick_eps must be > 0"),
-    ("clip_zeta", 0.9, "clip_zeta must be >= 1"),
-    ("clip_alpha", -1.0, "clip_alpha must be >= 0"),
+@pytest.mark.parametrize("key, value, message", [  # as in docs/troubleshooting.md
+    ("softpick_eps", 0.0, "softpick_eps must be > 0, got 0.0"),
+    ("clip_zeta", 0.5, "clip_zeta must be >= 1 (ζ < 1 would cap every weight below 1), got 0.5"),
+    ("clip_alpha", -1.0, "clip_alpha must be >= 0 (γ = −clip_alpha/block_size must be ≤ 0), got -1.0"),
 ])
 def test_setting_errors(key, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, **{key: value})
 
 
