@@ -6,11 +6,11 @@ Training throughput per attn_norm and attn_gate: tokens/s, ms/iter and MFU of tr
     python -m benchmarks.train_throughput config/train_gpt2.py --batch_size=auto --gradient_accumulation_steps=1
     python -m benchmarks.train_throughput --norms softmax,diff --attn_impl=fused --out benchmarks/results/x.md
 
-Rows: every registered attn_norm (default) without a gate, then every other attn_gate mode with the baseline
-normalizer: a gate scales attention's output, so what it costs does not depend on the normalizer. × softmax is
-tokens/s over the baseline's (no gate) in the same run. MFU is model.estimate_mfu against the device's peak bf16.
+Rows: every attn_norm of --norms (default: every registered one) with the first of --gates (none), then every
+other attn_gate mode with the first attn_norm (softmax): a gate scales attention's output, so what it costs does not
+depend on the normalizer. The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak bf16.
 
---batch_size=auto: on a GPU, the largest micro-batch that fits, found for the baseline by halving from
+--batch_size=auto: on a GPU, the largest micro-batch that fits, found for the first row by halving from
 --max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
 batch column says so). On CPU, the config's batch_size. Other --key=value arguments override the config, as for
 train.py.
@@ -115,9 +115,8 @@ def row_config(args, overrides, norm, gate):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
-    baseline = next(iter(normalizers.NORMALIZERS))
     norms, gates = args.norms.split(","), args.gates.split(",")
-    rows = [(norm, gates[0]) for norm in norms] + [(baseline, gate) for gate in gates[1:]]
+    rows = [(norm, gates[0]) for norm in norms] + [(norms[0], gate) for gate in gates[1:]]
     try:
         cfgs = [row_config(args, overrides, norm, gate) for norm, gate in rows]
     except ConfigError as e:
@@ -139,7 +138,7 @@ def main(argv=None):
                f"{cfg.gradient_accumulation_steps} micro-steps; {args.iters} timed iterations after {args.warmup} "
                f"warm-up; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
                "",
-               "| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × softmax |",
+               f"| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × {norms[0]} |",
                "|---|---|---|---:|---:|---:|---:|---:|")
     batch_size, base, failed = args.max_batch_size if auto else cfg.batch_size, None, []
     for (norm, gate), cfg in zip(rows, cfgs):
@@ -147,16 +146,17 @@ def main(argv=None):
             dt, model, used = fitting_batch(cfg, vocab_size, args, batch_size, halve=auto)
         except Exception as e:  # out of memory, a kernel that does not compile, ...: the other rows still run
             failed.append(f"- {norm}, attn_gate={gate}: {type(e).__name__}: {str(e).strip()[:300]}")
+            print(failed[-1], flush=True)
             continue
         tokens = cfg.gradient_accumulation_steps * used * cfg.block_size
-        if (norm, gate) == rows[0]:  # the baseline: every other row starts from its micro-batch and compares to it
+        if (norm, gate) == rows[0]:  # every other row starts from its micro-batch and compares to it
             batch_size, base = used, tokens / dt
         mfu = model.estimate_mfu(tokens, dt, device_name)
         attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
         batch = f"{used}" if used == batch_size else f"{used} (out of memory at {batch_size})"
         report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
                    f"{'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | {f'{tokens / dt / base:.2f}' if base else '—'} |")
-        del model
+        del model  # before the next row builds its own
     if failed:
         report.add("", "Failed:", "", *failed)
 
