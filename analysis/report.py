@@ -1,11 +1,13 @@
 """
 Compare training runs: a markdown table and plots of loss, kurtosis, outliers and attention sinks.
 
-    python -m analysis.report out/shakespeare_char-4x128-softmax-s1337 out/*-softmax1-* [--out report]
+    python -m analysis.report out/shakespeare_char-4x128-softmax-s1337 out/*-softmax1-* --out out/report
 
 Reads each run's metrics.jsonl (the statistics train.py logs at every eval, see analysis/stats.py) and the
 eval.json that analysis.perplexity writes, if there is one, and writes OUT/report.md with the PNGs it shows.
-analysis/kurtosis_curves.ipynb draws the same figures from the same functions.
+--out is required: no default directory, so a report never lands in the repository (or wherever the command
+happens to run) unasked. analysis/kurtosis_curves.ipynb draws the same figures from the same functions.
+Runs are listed, coloured and grouped as the normalizer registry says (normalizers.NORMALIZERS).
 """
 
 import argparse
@@ -14,10 +16,10 @@ import re
 import statistics
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis import POINTS, read_metrics
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, scale
 
 # What each statistic is, for titles and the report's legend (analysis/stats.py has the formulas).
 DESCRIPTIONS = {
@@ -42,14 +44,15 @@ SHORT = {"weight_kurtosis": "weight kurtosis", "act_kurtosis_tensor": "kurtosis:
          "act_kurtosis_sample": "kurtosis: sample", "act_kurtosis_token": "kurtosis: token", "act_absmax": "max |x|",
          "act_top10": "10th largest |x|", "act_top100": "100th largest |x|", "act_median": "median |x|",
          "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)"}
-NORM_COLORS = {"softmax": "tab:blue", "softmax1": "tab:orange", "symax": "tab:green", "diff": "tab:red"}
 SEED_STYLES = ("-", "--", ":", "-.")
-LEGEND_COLUMNS = 6
 
 
 def load_runs(run_dirs):
-    """read_metrics() of each run directory, labels made unique (the directory name is added to repeats)."""
+    """read_metrics() of each run directory in the registry's order of their attn_norms (stable within one),
+    labels made unique (the directory name is added to repeats)."""
     runs = [read_metrics(d) for d in run_dirs]
+    order = in_registry_order(dict.fromkeys(run["config"].get("attn_norm") for run in runs))
+    runs.sort(key=lambda run: order.index(run["config"].get("attn_norm")))
     labels = [r["label"] for r in runs]
     for run in runs:
         if labels.count(run["label"]) > 1:
@@ -87,7 +90,7 @@ def final(run, key):
     return values[-1] if values else math.nan
 
 
-def _layout(runs, group):
+def layout(runs, group):
     """The per-layer names of group as {part: {layer: name}} ('' is the part of attention's per-layer keys),
     and the names outside any layer (wte, wpe)."""
     parts, other = {}, []
@@ -109,22 +112,9 @@ def _style(runs):
     seen, styles = {}, {}
     for run in runs:
         norm = run["config"].get("attn_norm")
-        styles[run["label"]] = {"color": NORM_COLORS.get(norm), "linestyle": SEED_STYLES[seen.get(norm, 0) % 4]}
+        styles[run["label"]] = {"color": color(norm), "linestyle": SEED_STYLES[seen.get(norm, 0) % 4]}
         seen[norm] = seen.get(norm, 0) + 1
     return styles
-
-
-def _figure(runs, nrows, ncols, cell_w, cell_h, title, **subplots_kw):
-    """A Figure with a grid of axes, the title on top and room for the runs' legend below. The margins are
-    fixed in inches: matplotlib's layout engines would cost seconds per figure."""
-    legend_rows = math.ceil(len(runs) / LEGEND_COLUMNS)
-    left, right, top, bottom = 0.9, 0.25, 0.8, 0.65 + 0.25 * legend_rows
-    w, h = ncols * cell_w + left + right, nrows * cell_h + top + bottom
-    fig = Figure(figsize=(w, h))
-    fig.suptitle(title, y=1 - 0.1 / h, va="top", wrap=True)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots_kw, gridspec_kw=dict(
-        left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=0.3, hspace=0.5))
-    return fig, axes
 
 
 def _finish(fig, axes, runs, styles, marker=None):
@@ -141,21 +131,9 @@ def _finish(fig, axes, runs, styles, marker=None):
                frameon=False)
 
 
-def _scale(ax, values):
-    """Log scale where positive values span two decades or more; symlog where signed ones reach 100."""
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return
-    lo, hi = min(values), max(values)
-    if lo > 0 and hi >= 100 * lo:
-        ax.set_yscale("log")
-    elif max(-lo, hi) >= 100:
-        ax.set_yscale("symlog", linthresh=1)
-
-
 def fig_loss(runs, title="Loss"):
     """Train and val loss over iterations, a color per run."""
-    fig, axes = _figure(runs, 1, 1, 7, 3.5, title)
+    fig, axes = figure(len(runs), 1, 1, 7, 3.5, title)
     ax, styles = axes[0, 0], _style(runs)
     for run in runs:
         style = styles[run["label"]]
@@ -172,11 +150,11 @@ def fig_curves(runs, groups, title=None):
     layer, a line per run; the matrices outside the layers (wte, wpe) get a row of their own."""
     rows, other = [], []
     for group in groups:
-        parts, outside = _layout(runs, group)
+        parts, outside = layout(runs, group)
         rows += [(group, part, by_layer) for part, by_layer in parts.items()]
         other += [(group, name) for name in outside]
     n_layers = max((max(by_layer) + 1 for _, _, by_layer in rows), default=0)
-    fig, axes = _figure(runs, len(rows) + bool(other), max(n_layers, len(other), 1), 2.7, 2.0,
+    fig, axes = figure(len(runs), len(rows) + bool(other), max(n_layers, len(other), 1), 2.7, 2.0,
                         title or DESCRIPTIONS.get(groups[0], groups[0]), sharex=True, sharey="row")
     styles = _style(runs)
     cells = [(r, layer, group, by_layer[layer]) for r, (group, _, by_layer) in enumerate(rows) for layer in by_layer]
@@ -188,7 +166,7 @@ def fig_curves(runs, groups, title=None):
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     for r, ax_row in enumerate(axes):  # the row shares its y axis: one scale for all of its values
-        _scale(ax_row[0], [v for ax in ax_row for line in ax.lines for v in line.get_ydata()])
+        scale(ax_row[0], [v for ax in ax_row for line in ax.lines for v in line.get_ydata()])
         ax_row[0].set_ylabel(rows[r][1] or SHORT[rows[r][0]] if r < len(rows) else "embeddings")
     for ax in axes[-1]:
         ax.set_xlabel("iteration")
@@ -201,13 +179,13 @@ def fig_final(runs, groups, title=None):
     (one row in all when each group has one panel), a line per run."""
     panels = []
     for group in groups:
-        parts, outside = _layout(runs, group)
+        parts, outside = layout(runs, group)
         panels.append([(group, part, by_layer) for part, by_layer in parts.items()])
         if outside:  # wte, wpe: points on a categorical axis
             panels[-1].append((group, "embeddings", {name: name for name in outside}))
     if all(len(row) == 1 for row in panels):
         panels = [[row[0] for row in panels]]
-    fig, axes = _figure(runs, len(panels), max(map(len, panels)), 3.0, 2.5,
+    fig, axes = figure(len(runs), len(panels), max(map(len, panels)), 3.0, 2.5,
                         title or "At the last eval: " + DESCRIPTIONS.get(groups[0], groups[0]))
     styles = _style(runs)
     for r, row in enumerate(panels):
@@ -217,7 +195,7 @@ def fig_final(runs, groups, title=None):
             for run in runs:
                 ys = [final(run, f"{group}/{by_layer[x]}") for x in xs]
                 ax.plot(xs, ys, marker="o", ms=4, lw=0 if categorical else 1.2, **styles[run["label"]])
-            _scale(ax, [v for line in ax.lines for v in line.get_ydata()])
+            scale(ax, [v for line in ax.lines for v in line.get_ydata()])
             ax.set_title(part or SHORT[group], fontsize=9)
             if not categorical:
                 ax.set_xticks(xs)
@@ -274,12 +252,6 @@ def summary(run):
     return row
 
 
-def _fmt(x, digits=3):
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.2e}"
-
-
 COLUMNS = [  # (header, summary key(s)) after the val loss: one key is shown as is, two as "mean / max"
     ("val PPL", "val_ppl"), ("bpc", "bpc"),
     ("weight kurt. mean / max", ("weight_kurtosis_mean", "weight_kurtosis_max")),
@@ -297,10 +269,10 @@ def summary_table(runs):
     for run in runs:
         s = summary(run)
         cells = [run["label"], str(run["config"].get("attn_norm")), str(run["config"].get("seed")), str(s["iter"]),
-                 _fmt(s["val_loss"], 4) + ("" if s["val_exact"] else "\\*")]
+                 fmt(s["val_loss"], 4) + ("" if s["val_exact"] else "\\*")]
         for _, key in COLUMNS:
-            cells.append(" / ".join(_fmt(s[k]) for k in key) if isinstance(key, tuple) else _fmt(s[key], 4))
-        cells.append(_fmt(s["stats_s"], 2))
+            cells.append(" / ".join(fmt(s[k]) for k in key) if isinstance(key, tuple) else fmt(s[key], 4))
+        cells.append(fmt(s["stats_s"], 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -321,7 +293,7 @@ def seeds_table(runs):
             values = [row[key] for row in rows]
             mean = statistics.fmean(values)  # by hand below: statistics.stdev fails on NaN (a run without stats)
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-            cells.append(f"{_fmt(mean)} ± {_fmt(std, 2)}")
+            cells.append(f"{fmt(mean)} ± {fmt(std, 2)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -375,11 +347,14 @@ def write_report(run_dirs, out_dir):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", help="training runs' out_dirs (holding metrics.jsonl)")
-    p.add_argument("--out", default="report", help="directory for report.md and the plots (default: report)")
+    p.add_argument("--out", required=True, help="directory for report.md and the plots (created if missing)")
     args = p.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a file, not a directory: give a directory for report.md and "
+                         f"its plots")
     try:
         print(f"wrote {write_report(args.run_dirs, args.out)}")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:  # a run without metrics.jsonl; --out under a file
         raise SystemExit(f"error: {e}") from None
 
 

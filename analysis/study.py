@@ -1,36 +1,59 @@
 """
 A multi-seed study: train every (attn_norm, seed) pair, evaluate each run, and compare the attn_norms.
 
-    ./run_study.sh config/study_cpu.py --norms softmax,softmax1,symax,diff --seeds 0,1,2 [--name NAME] [--key=value]
+    ./run_study.sh config/study_cpu.py [--norms softmax,symax] [--seeds 0,1,2] [--sweep key=a,b,c ...]
+                   [--name NAME] [--jobs N] [--rerun] [--key=value ...]
     python -m analysis.study CONFIG ...                                  (the same; run_study.sh only calls this)
 
-Each run trains with `python train.py CONFIG [--key=value ...] --attn_norm=N --seed=S --out_dir=DIR` into
-study/<name>/runs/<attn_norm>-s<seed>/ (name: the config file's stem). --always_save_checkpoint=True is added, so
-that the checkpoint is the model at max_iters (the runs are compared at equal steps) and a finished run can be told
-from an unfinished one. Then, in one process per run: exact val perplexity (analysis.perplexity), model_stats on
-train.py's probe batch if the last eval did not log them (log_stats=False), and post-training quantization
-(analysis.quantize). Finally study/<name>/report.md: mean ± std over seeds per attn_norm, with bar charts, per-layer
-curves, a test of which differences exceed seed noise, and per_run/report.md (analysis.report) for each run.
+--norms defaults to every registered normalizer (normalizers.NORMALIZERS), compared in the registry's order
+against its first (the baseline); --seeds to 0,1,2. A config file may set these for its study, with `study_norms`,
+`study_seeds`, `study_sweep` and `study_jobs` (see STUDY_SETTINGS); the command line overrides them. Every other
+assignment in it is a train.py setting.
 
-Runs go to a pool of workers: one per visible GPU (CUDA_VISIBLE_DEVICES set per run) when the config's device is
-cuda, else --jobs CPU processes (default: one per core) sharing the cores (OMP_NUM_THREADS = cores / jobs; for
-small models one thread per run beats many threads per run). A re-run skips finished runs (checkpoint at max_iters
-and eval.json complete) and resumes interrupted ones (train.py's init_from=auto).
+Each run trains with `python train.py --key=value ...`, its settings resolved here (the config file, then the
+overrides, then attn_norm, seed, out_dir and the swept values) into study/<name>/runs/<label>/ (name: the config
+file's stem; label: <attn_norm>[-<key>=<value>...]-s<seed>); train.log starts with the command. The study adds
+always_save_checkpoint=True, so that the checkpoint is the model at max_iters (the runs are compared at equal
+steps) and a finished run can be told from an unfinished one. Then, in one process per run: exact val perplexity
+(analysis.perplexity), model_stats on train.py's probe batch if the last eval did not log them (log_stats=False),
+post-training quantization (analysis.quantize), and with wandb_log the run's final numbers into its wandb summary.
+Finally study/<name>/report.md: mean ± std over seeds per attn_norm, bar charts, per-layer curves, differences to
+the baseline with 95% confidence intervals and Holm-corrected p-values, and per_run/report.md (analysis.report).
+
+Sweeps: `--sweep learning_rate=1e-3,2e-3,4e-3` (any train.py setting; several --sweep make a grid). Stage 1 trains
+every (attn_norm, grid point) on the first seed and picks, per attn_norm, the point with the lowest exact val loss;
+stage 2 trains the other seeds at each attn_norm's point. The report shows the sweep table and flags a choice at
+the edge of the grid.
+
+Runs go to a pool of workers: --jobs per visible GPU's share (CUDA_VISIBLE_DEVICES set per run, round robin; default
+one run per GPU) when the config's device is cuda, else --jobs CPU processes (default: one per core) sharing the
+cores (OMP_NUM_THREADS = cores / jobs; for small models one thread per run beats many threads per run). With
+wandb_log=True every run logs to the wandb group named after the study, tagged with its attn_norm, seed and swept
+values.
+
+A re-run skips finished runs (checkpoint at max_iters, evaluation complete) and resumes interrupted ones (train.py's
+init_from=auto), but only where the run was trained with the settings asked for now: a run directory whose
+checkpoint holds other settings (but for UNCHECKED_KEYS) stops the study with an error before anything runs. Use a
+new --name for new settings, or --rerun to delete those runs and train them again.
 """
 
 import argparse
+import copy
+import dataclasses
+import itertools
 import json
 import math
 import os
-import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,16 +61,148 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
+import configurator
+import normalizers
+import runtime
 from analysis import quantize, read_metrics, report
-from checkpoint import CKPT_NAME
+from analysis.plots import color, figure, fmt, in_registry_order, scale
+from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint
+from configurator import ConfigError
+from train import TrainConfig
 
-STUDY_KEYS = ("attn_norm", "seed", "out_dir")  # set per run by the study, not by --key=value
-TRAIN_STEPS = ("train", "perplexity", "stats", "quantize")
+# Set per run by the study, not by --key=value (wandb_tags may be given: the swept values are added to them).
+STUDY_KEYS = ("attn_norm", "seed", "out_dir", "wandb_run_name", "wandb_group")
+# Settings that change neither what a run learns nor what the report shows of it: a run trained with other values
+# of these still counts as trained with the settings asked for. (attn_impl picks between exact paths of the same
+# function; train.py's resume ignores it too.) Every other setting must match, device and dtype included.
+UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_checkpoints", "init_from",
+                  "always_save_checkpoint", "max_nonfinite_steps", "wandb_log", "wandb_project", "wandb_run_name",
+                  "wandb_group", "wandb_tags"}
+# Study settings a config file may hold, with what the command line calls them.
+STUDY_SETTINGS = {"study_norms": "--norms", "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs"}
+STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
 QUANT_ARGS = ("max_tokens", "calib_batches")
+WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
 
 
 def fmt_time(seconds):
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+# ---- the study's settings and its runs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    norm: str
+    seed: int
+    point: tuple = ()  # ((setting, value), ...): this run's values of the swept settings
+
+    @property
+    def label(self):
+        return "-".join([self.norm, *(f"{key}={value}" for key, value in self.point), f"s{self.seed}"])
+
+
+def point_name(point):
+    return ", ".join(f"{key}={value}" for key, value in point)
+
+
+def load_settings(config, overrides):
+    """The config file's train.py settings with the --key=value overrides applied (a TrainConfig), and its study
+    settings ({study_*: value})."""
+    scope = configurator.exec_config_file(config)
+    study = {key: scope.pop(key) for key in list(scope) if key.startswith("study_")}
+    unknown = sorted(set(study) - set(STUDY_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown study setting {', '.join(unknown)} in {config}; valid: {', '.join(STUDY_SETTINGS)}")
+    cfg = TrainConfig()
+    for key, value in scope.items():
+        configurator.set_key(cfg, key, value, config)
+    for override in overrides:
+        key, _, value = override[2:].partition("=")
+        configurator.set_key(cfg, key, value, "the command line")
+    return cfg, study
+
+
+def typed(cfg, key, value, source):
+    """value as the setting's type (a command-line string parsed), type-checked like any setting."""
+    scratch = copy.copy(cfg)
+    configurator.set_key(scratch, key, value, source)
+    return getattr(scratch, key)
+
+
+def study_axes(args, study, cfg, overrides):
+    """(norms, seeds, grid points) from the command line, else the config file's study settings, else defaults."""
+    norms = args.norms.split(",") if args.norms else study.get("study_norms", list(normalizers.NORMALIZERS))
+    for norm in norms:
+        if norm not in normalizers.NORMALIZERS:
+            raise ConfigError(f"unknown attn_norm {norm!r} in --norms; registered: {', '.join(normalizers.NORMALIZERS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(study.get("study_seeds", [0, 1, 2]))
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    if args.sweep:
+        sweep, source = {}, "the command line"
+        for text in args.sweep:
+            key, sep, values = text.partition("=")
+            if not sep or not values:
+                raise ConfigError(f"--sweep {text}: write --sweep key=a,b,c")
+            sweep[key] = values.split(",")
+    else:
+        sweep, source = study.get("study_sweep", {}), args.config
+    given = {o[2:].partition("=")[0] for o in overrides}
+    for key, values in sweep.items():
+        if key in STUDY_KEYS:
+            raise ConfigError(f"--sweep {key}: {key} is set by the study (--norms, --seeds, --name)")
+        if key in given:
+            raise ConfigError(f"{key} is both set (--{key}=...) and swept (--sweep {key}=...): give one of them")
+        sweep[key] = list(dict.fromkeys(typed(cfg, key, value, source) for value in values))
+    points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+    return norms, seeds, points
+
+
+def run_config(cfg, run, run_dir):
+    """The TrainConfig of one run: the study's settings with the run's own. In wandb, the runs of a study share a
+    group named after it; train.py tags each with its attn_norm, optimizer and seed, the study adds the swept
+    values."""
+    cfg = copy.copy(cfg)
+    tags = ",".join(filter(None, [cfg.wandb_tags, *(f"{key}={value}" for key, value in run.point)]))
+    settings = {"attn_norm": run.norm, "seed": run.seed, "out_dir": str(run_dir), "always_save_checkpoint": True,
+                "wandb_run_name": run.label, "wandb_group": run_dir.parents[1].name, "wandb_tags": tags,
+                **dict(run.point)}  # the point's values typed by study_axes
+    for key, value in settings.items():
+        setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
+
+
+def train_argv(cfg):
+    """train.py's arguments for cfg: every setting that differs from TrainConfig's default."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return [f"--{key}={value}" for key, value in dataclasses.asdict(cfg).items() if value != defaults[key]]
+
+
+def changed_settings(run_dir, cfg):
+    """{setting: (value the run in run_dir was trained with, value asked for)} for every setting that differs,
+    but for UNCHECKED_KEYS; {} for a run without a checkpoint. A setting the checkpoint does not hold (one added to
+    TrainConfig after the run was trained) counts as its default."""
+    if not (run_dir / CKPT_NAME).exists():
+        return {}
+    saved, defaults = load_checkpoint(run_dir)["config"], dataclasses.asdict(TrainConfig())
+    return {key: (saved.get(key, defaults[key]), value) for key, value in dataclasses.asdict(cfg).items()
+            if key not in UNCHECKED_KEYS and saved.get(key, defaults[key]) != value}
+
+
+def stale_message(stale, study_dir):
+    """One line: which runs were trained with which other settings, and the two ways on."""
+    settings = {}
+    for changed in stale.values():
+        settings.update(changed)
+    labels = [run.label for run in stale]
+    which = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+    what = ", ".join(f"{key}={there!r} there, {now!r} now" for key, (there, now) in settings.items())
+    return (f"{len(labels)} run(s) in {study_dir}/runs ({which}) were trained with other settings than asked for "
+            f"({what}): give these settings a new --name, or add --rerun to delete those runs and train them again")
 
 
 # ---- one run: what is left to do, and doing the evaluation steps ----------------------------------------
@@ -61,34 +216,53 @@ def has_stats(record):
     return any(key.startswith("act_kurtosis_tensor/") for key in record)
 
 
-def pending_steps(run_dir, max_iters):
-    """The steps of TRAIN_STEPS a run still needs; [] when it is finished."""
-    ckpt = run_dir / CKPT_NAME
-    if not ckpt.exists() or torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["iter_num"] != max_iters:
-        return list(TRAIN_STEPS)
-    ev = read_json(run_dir / "eval.json")
+def pending_steps(run_dir, max_iters, wandb_log):
+    """The steps of STEPS a run still needs; [] when it is finished."""
+    if not (run_dir / CKPT_NAME).exists() or checkpoint_iter(run_dir) != max_iters:
+        return [step for step in STEPS if step != "wandb" or wandb_log]
+    ev, evals = read_json(run_dir / "eval.json"), read_metrics(run_dir)["eval"]
     steps = []
     if ev.get("iter") != max_iters or "val_ppl" not in ev:
         steps.append("perplexity")
-    evals = read_metrics(run_dir)["eval"]
     if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not ev.get("stats"):
         steps.append("stats")
     if ev.get("quant_iter") != max_iters or any(key not in ev for key in quantize.EVAL_KEYS):
         steps.append("quantize")
+    if wandb_log and ev.get("wandb_summary_iter") != max_iters:
+        steps.append("wandb")
     return steps
+
+
+def write_wandb_summary(run_dir, iters):
+    """The run's final numbers (WANDB_SUMMARY from eval.json) into the summary of the wandb run train.py logged, so
+    that the project's run table compares a study. The run's id is read from the run file train.py wrote."""
+    import wandb
+    from analysis.perplexity import update_json
+
+    files = sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
+    if not files:
+        raise SystemExit(f"error: {run_dir} has no wandb run files although it was trained with wandb_log=True")
+    run_id = files[-1].stem.removeprefix("run-")
+    config, ev = read_metrics(run_dir)["config"], read_json(run_dir / "eval.json")
+    run = wandb.init(project=config["wandb_project"], id=run_id, resume="allow", dir=str(run_dir),
+                     name=config["wandb_run_name"] or None, group=config.get("wandb_group") or None)
+    run.summary.update({key: ev[key] for key in WANDB_SUMMARY})
+    run.finish()
+    update_json(run_dir / "eval.json", {"wandb_summary_iter": iters})
+    print(f"val PPL and quantization ΔPPL of {run_dir} written to the summary of wandb run {run_id}")
 
 
 def evaluate_run(run_dir, device, max_tokens, calib_batches):
     """The evaluation steps a trained run still needs, in this process (`--evaluate RUN_DIR`)."""
     from analysis import perplexity
     from analysis.perplexity import update_json
-    from checkpoint import load_model
     from analysis.stats import model_stats, probe_batch
+    from checkpoint import load_model
     from prepare_data import load_meta
 
     run_dir = Path(run_dir)
-    iters = torch.load(run_dir / CKPT_NAME, map_location="cpu", weights_only=True, mmap=True)["iter_num"]
-    steps = pending_steps(run_dir, iters)
+    iters = checkpoint_iter(run_dir)
+    steps = pending_steps(run_dir, iters, read_metrics(run_dir)["config"].get("wandb_log", False))
     if "perplexity" in steps:
         perplexity.main([str(run_dir), "--device", device])
     if "stats" in steps:  # on the probe train.py uses: the first 8 block_size windows of val
@@ -102,17 +276,20 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
     if "quantize" in steps:
         quantize.main([str(run_dir), "--device", device, "--max_tokens", str(max_tokens),
                        "--calib_batches", str(calib_batches)])
+    if "wandb" in steps:
+        write_wandb_summary(run_dir, iters)
 
 
 # ---- the pool of workers, and progress --------------------------------------------------------------------
 
 
 def worker_envs(device, jobs, n_runs):
-    """One environment overlay per worker: a GPU each for cuda, else a share of the CPU cores."""
+    """One environment overlay per worker: a GPU each for cuda (round robin: jobs > GPUs puts several runs on
+    one GPU), else a share of the CPU cores."""
     if device.startswith("cuda"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[: jobs or None]]
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(max(1, min(jobs or len(gpus), n_runs)))]
     if device != "cpu":  # mps: one device
         return [{}]
     cores = len(os.sched_getaffinity(0))
@@ -157,9 +334,11 @@ class Progress:
 
 
 def stream(cmd, env, log_path, prefix, progress, label):
-    """Run cmd, copying its output to log_path and to the console line by line; raises if it fails."""
+    """Run cmd, copying its output to log_path (after the command itself) and to the console line by line;
+    raises if it fails."""
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                        env=env) as proc:
+        log.write(f"$ {shlex.join(cmd)}\n")
         for raw in proc.stdout:
             # A progress bar redraws its line with \r: keep what a terminal would end up showing.
             line = raw.rstrip(b"\r\n").rsplit(b"\r", 1)[-1].decode(errors="replace") + "\n"
@@ -172,35 +351,41 @@ def stream(cmd, env, log_path, prefix, progress, label):
         raise RuntimeError(f"{label}: `{shlex.join(cmd)}` exited with {proc.returncode} (log: {log_path})")
 
 
-def run_all(jobs, train_argv, args, device, progress):
-    """Train and evaluate every run of jobs ({label: (run_dir, steps)}) on the worker pool;
-    returns the labels of the runs that failed."""
+@dataclass
+class Job:
+    label: str
+    dir: Path
+    steps: list
+    train_argv: list
+
+
+def run_all(jobs, args, device, progress):
+    """Train and evaluate every Job on the worker pool; returns the labels of the runs that failed."""
     envs = worker_envs(device, args.jobs, len(jobs))
     free = list(range(len(envs)))
     free_lock = threading.Lock()
     failed = []
 
-    def work(k, label):
-        run_dir, steps = jobs[label]
+    def work(k, job):
         with free_lock:
             slot = free.pop()
         env = {**os.environ, **envs[slot], "PYTHONUNBUFFERED": "1"}
         where = ", ".join(f"{key}={value}" for key, value in envs[slot].items()) or device
-        prefix = f"[{label} {k}/{len(jobs)}] "
+        prefix = f"[{job.label} {k}/{len(jobs)}] "
         t0 = time.time()
-        progress.print(f"{prefix}start ({where}): {', '.join(steps)}\n", force_status=True)
+        progress.print(f"{prefix}start ({where}): {', '.join(job.steps)}\n", force_status=True)
         try:
-            if "train" in steps:
-                stream([sys.executable, "train.py", *train_argv(label)], env, run_dir / "train.log", prefix,
-                       progress, label)
+            if "train" in job.steps:
+                stream([sys.executable, "train.py", *job.train_argv], env, job.dir / "train.log", prefix, progress,
+                       job.label)
             eval_device = "cuda" if device.startswith("cuda") else device  # the worker's one visible GPU
-            stream([sys.executable, "-m", "analysis.study", "--evaluate", str(run_dir), "--eval_device", eval_device,
-                    *[f"--{a}={getattr(args, a)}" for a in QUANT_ARGS]], env, run_dir / "eval.log", prefix,
-                   progress, label)
-            progress.finish(label)
+            stream([sys.executable, "-m", "analysis.study", "--evaluate", str(job.dir), "--eval_device", eval_device,
+                    *[f"--{a}={getattr(args, a)}" for a in QUANT_ARGS]], env, job.dir / "eval.log", prefix,
+                   progress, job.label)
+            progress.finish(job.label)
             progress.print(f"{prefix}finished in {fmt_time(time.time() - t0)}\n", force_status=True)
         except RuntimeError as e:
-            failed.append(label)
+            failed.append(job.label)
             progress.print(f"{prefix}FAILED: {e}\n", force_status=True)
         finally:
             with free_lock:
@@ -209,6 +394,26 @@ def run_all(jobs, train_argv, args, device, progress):
     with ThreadPoolExecutor(len(envs)) as pool:
         list(pool.map(work, range(1, len(jobs) + 1), jobs))
     return failed
+
+
+def execute(runs, configs, study_dir, args, title):
+    """Train and evaluate the runs that are not finished; returns the labels of those that failed."""
+    jobs, iters = [], {}
+    for run in runs:
+        cfg, run_dir = configs[run], study_dir / "runs" / run.label
+        run_dir.mkdir(parents=True, exist_ok=True)
+        steps = pending_steps(run_dir, cfg.max_iters, cfg.wandb_log)
+        if not steps:
+            print(f"skip {run.label}: finished ({run_dir})")
+            continue
+        started = "train" in steps and (run_dir / CKPT_NAME).exists()  # an interrupted run: counts from there
+        done = (checkpoint_iter(run_dir) if started else 0) if "train" in steps else cfg.max_iters
+        iters[run.label] = (done, cfg.max_iters)
+        jobs.append(Job(run.label, run_dir, steps, train_argv(cfg)))
+    print(f"{title}study {study_dir}: {len(runs)} runs, {len(jobs)} to do, {len(runs) - len(jobs)} finished")
+    if not jobs:
+        return []
+    return run_all(jobs, args, configs[runs[0]].device, Progress(iters))
 
 
 # ---- the study report -------------------------------------------------------------------------------------
@@ -238,12 +443,12 @@ def load_study_runs(run_dirs):
     return runs
 
 
-def group_by_norm(runs, norms):
-    """{attn_norm: [(run, row)]} in the order of norms; row: report.summary() merged with eval.json."""
-    by_norm = {n: [] for n in norms}
+def group_by_norm(runs):
+    """{attn_norm: [(run, row)]} in the registry's order; row: report.summary() merged with eval.json."""
+    by_norm = {norm: [] for norm in in_registry_order({run["config"]["attn_norm"] for run in runs})}
     for run in runs:
         by_norm[run["config"]["attn_norm"]].append((run, {**report.summary(run), **run["eval_json"]}))
-    return {n: rows for n, rows in by_norm.items() if rows}
+    return by_norm
 
 
 def values(rows, key):
@@ -261,63 +466,116 @@ def table(by_norm, metrics):
         cells = [norm, str(len(rows))]
         for _, key in metrics:
             m, s = mean_std(values(rows, key))
-            cells.append(f"{report._fmt(m, 4)} ± {report._fmt(s, 2)}")
+            cells.append(f"{fmt(m, 4)} ± {fmt(s, 2)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def welch(a, b):
-    """Welch's t-test p-value (scipy), NaN when it is undefined (a single seed, or no variance at all)."""
+def welch(a, b, level=0.95):
+    """mean(a) − mean(b), its confidence interval (Welch–Satterthwaite t interval) and Welch's t-test p-value;
+    the interval and p-value are NaN where undefined (a single seed, or no variance at all)."""
+    diff = float(np.mean(a) - np.mean(b))
     if len(a) < 2 or len(b) < 2:
-        return math.nan
+        return diff, math.nan, math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+        result = scipy_stats.ttest_ind(a, b, equal_var=False)
+        ci = result.confidence_interval(level)
+    return diff, float(ci.low), float(ci.high), float(result.pvalue)
+
+
+def holm(pvalues):
+    """Holm–Bonferroni adjusted p-values, in the given order: the k-th smallest of m becomes
+    max over j ≤ k of min(1, (m − j + 1)·p_(j)). NaN (untestable) entries stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    testable = np.flatnonzero(np.isfinite(p))
+    adjusted, running = np.full(len(p), math.nan), 0.0
+    for rank, i in enumerate(testable[np.argsort(p[testable], kind="stable")]):
+        running = max(running, min(1.0, (len(testable) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def noise_section(by_norm, metrics):
-    """Each attn_norm against the first (the baseline) on each metric: difference of means, Welch p-value, and a
-    plain list of what is within seed noise."""
+    """Each attn_norm against the first (the baseline) on each metric: difference of means with its 95%
+    confidence interval, Welch's p-value and the Holm-corrected one over every comparison of the table."""
     base, others = list(by_norm)[0], list(by_norm)[1:]
     if not others:
         return "Only one attn_norm: nothing to compare."
-    lines = [f"Each attn_norm against **{base}**: difference of the means over seeds and the p-value of Welch's "
-             f"t-test (`scipy.stats.ttest_ind(equal_var=False)`, n = seeds per attn_norm). **Bold**: p < {ALPHA}, a "
-             f"difference beyond seed noise. With 2-3 seeds the test only detects differences several times the "
-             f"seed-to-seed spread, and with {len(metrics)} metrics × {len(others)} comparisons about "
-             f"{ALPHA * len(metrics) * len(others):.1f} false positives are expected at p < {ALPHA} by chance.", "",
-             "| metric | " + " | ".join(others) + " |", "|" + "---|" * (len(others) + 1)]
-    within = {n: [] for n in others}
-    for heading, key in metrics:
-        cells = []
-        for norm in others:
-            a, b = values(by_norm[norm], key), values(by_norm[base], key)
-            diff, p = float(np.mean(a) - np.mean(b)), welch(a, b)
-            cell = f"{diff:+.3g} (p = {p:.2g})" if math.isfinite(p) else f"{diff:+.3g} (p: n/a)"
-            if p < ALPHA:
-                cell = f"**{cell}**"
-            else:
-                within[norm].append(heading)
-            cells.append(cell)
-        lines.append(f"| {heading} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for norm, headings in within.items():
-        if headings:
-            lines.append(f"- **{norm}** vs {base}: within seed noise (p ≥ {ALPHA} or untestable) on "
-                         f"{', '.join(headings)}.")
+    rows = [(heading, norm, *welch(values(by_norm[norm], key), values(by_norm[base], key)))
+            for heading, key in metrics for norm in others]
+    adjusted = holm([row[-1] for row in rows])
+    testable = int(np.isfinite(adjusted).sum())
+    lines = [f"Each attn_norm against **{base}** (the first registered normalizer in the study): the difference of "
+             f"the means over seeds with its 95% confidence interval (Welch–Satterthwaite t interval), the p-value "
+             f"of Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`) and that p-value corrected by "
+             f"Holm–Bonferroni over all {testable} comparisons of this table. **Bold**: corrected p < {ALPHA}, a "
+             f"difference beyond seed noise. With 2-3 seeds per attn_norm the interval is wide and only differences "
+             f"several times the seed-to-seed spread survive correction.", "",
+             "| metric | attn_norm | difference | 95% CI | p (Welch) | p (Holm) |", "|---|---|---|---|---|---|"]
+    survivors = []
+    for (heading, norm, diff, low, high, p), p_holm in zip(rows, adjusted):
+        cells = [f"{diff:+.3g}", f"[{low:+.3g}, {high:+.3g}]" if math.isfinite(low) else "n/a",
+                 f"{p:.2g}" if math.isfinite(p) else "n/a", f"{p_holm:.2g}" if math.isfinite(p_holm) else "n/a"]
+        if p_holm < ALPHA:
+            cells = [f"**{cell}**" for cell in cells]
+            survivors.append(f"{norm} {heading} {diff:+.3g}")
+        lines.append(f"| {heading} | {norm} | " + " | ".join(cells) + " |")
+    lines += ["", "Beyond seed noise after correction: " + ("; ".join(survivors) if survivors else "nothing") + "."]
     return "\n".join(lines)
+
+
+def sweep_section(sweep):
+    """The sweep table (attn_norm × grid point → stage 1's val loss), the point chosen per attn_norm, and a flag
+    where a numeric setting's chosen value is the grid's smallest or largest."""
+    points, losses, chosen = sweep["points"], sweep["losses"], sweep["chosen"]
+    name = {point: point_name(point) for point in points}
+    lines = [f"Stage 1 trained every attn_norm at every grid point on seed {sweep['seed']}; the point with the lowest "
+             f"exact val loss (`analysis.perplexity`, the whole val split) was chosen per attn_norm (**bold**), "
+             f"and stage 2 trained the other seeds there. The tables above compare each attn_norm at its chosen "
+             f"point. The val split both chooses and scores, alike for every attn_norm.", "",
+             "| attn_norm | " + " | ".join(name[point] for point in points) + " |", "|" + "---|" * (len(points) + 1)]
+    for norm, by_point in losses.items():
+        cells = [("**{}**" if chosen.get(norm) == point else "{}").format(
+            fmt(loss, 4) if math.isfinite(loss) else "failed") for point, loss in by_point.items()]
+        lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for norm in losses:
+        if norm not in chosen:
+            lines.append(f"- **{norm}**: every point failed; it is left out of the comparison.")
+            continue
+        lines.append(f"- **{norm}**: {name[chosen[norm]]}.")
+        for key, value in chosen[norm]:
+            grid = {v for point in points for k, v in point if k == key}
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid)
+            if numeric and len(grid) > 1 and value in (min(grid), max(grid)):
+                end = "smallest" if value == min(grid) else "largest"
+                lines[-1] += (f" **At the edge of the grid**: {key}={value} is the {end} value tried, so the best "
+                              f"{key} may lie beyond it; widen the grid.")
+    return "\n".join(lines)
+
+
+def settings_lines(configs):
+    """The runs' settings: those every run shares and that differ from TrainConfig's defaults, and the keys that
+    vary from run to run."""
+    defaults = dataclasses.asdict(TrainConfig())
+    keys = [key for key in configs[0] if key not in ("out_dir", "wandb_run_name", "wandb_tags")]
+    varying = [key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1]
+    shared = [f"{key}={configs[0][key]}" for key in keys
+              if key not in varying and configs[0][key] != defaults.get(key, configs[0][key])]
+    return [f"- settings of every run (the rest are train.py's defaults): `{' '.join(shared)}`",
+            f"- set per run: {', '.join(varying)}"]
 
 
 def fig_bars(by_norm, metrics, title):
     """A panel per metric: a bar per attn_norm at the mean over seeds, ± std as error bar, a dot per seed."""
     ncols = min(4, len(metrics))
-    fig, axes = report._figure([], math.ceil(len(metrics) / ncols), ncols, 2.6, 2.2, title)  # no legend: x labels
+    fig, axes = figure(0, math.ceil(len(metrics) / ncols), ncols, 2.6, 2.2, title)  # no legend: x labels
     for ax, (heading, key) in zip(axes.flat, metrics):
         for x, (norm, rows) in enumerate(by_norm.items()):
             v = values(rows, key)
             m, s = mean_std(v)
-            color = report.NORM_COLORS.get(norm)
-            ax.bar(x, m, yerr=0 if math.isnan(s) else s, color=color, alpha=0.6, capsize=4)
+            ax.bar(x, m, yerr=0 if math.isnan(s) else s, color=color(norm), alpha=0.6, capsize=4)
             ax.plot(np.full(len(v), x), v, "o", color="k", ms=3)
         ax.set_xticks(range(len(by_norm)), list(by_norm), fontsize=8, rotation=30)
         ax.set_title(heading.replace("\\", ""), fontsize=9)
@@ -331,18 +589,18 @@ def fig_layers(by_norm, group):
     """group at the last eval against the layer, a panel per activation point or matrix: mean over seeds per
     attn_norm, the band ± std."""
     runs = [run for rows in by_norm.values() for run, _ in rows]
-    parts, _ = report._layout(runs, group)  # the embeddings (wte, wpe) have no layer axis: left out here
+    parts, _ = report.layout(runs, group)  # the embeddings (wte, wpe) have no layer axis: left out here
     ncols = min(3, len(parts))
-    fig, axes = report._figure(list(by_norm), math.ceil(len(parts) / ncols), ncols, 3.0, 2.3,
-                               f"Per layer, mean ± std over seeds: {report.DESCRIPTIONS[group]}")
+    fig, axes = figure(len(by_norm), math.ceil(len(parts) / ncols), ncols, 3.0, 2.3,
+                       f"Per layer, mean ± std over seeds: {report.DESCRIPTIONS[group]}")
     for ax, (part, by_layer) in zip(axes.flat, parts.items()):
         layers = sorted(by_layer)
         for norm, rows in by_norm.items():
             v = np.array([[report.final(run, f"{group}/{by_layer[i]}") for i in layers] for run, _ in rows])
             m, s = v.mean(0), v.std(0, ddof=1) if len(v) > 1 else np.zeros(len(layers))
-            ax.plot(layers, m, marker="o", ms=3, color=report.NORM_COLORS.get(norm), label=norm)
-            ax.fill_between(layers, m - s, m + s, color=report.NORM_COLORS.get(norm), alpha=0.2)
-        report._scale(ax, [y for line in ax.lines for y in line.get_ydata()])
+            ax.plot(layers, m, marker="o", ms=3, color=color(norm), label=norm)
+            ax.fill_between(layers, m - s, m + s, color=color(norm), alpha=0.2)
+        scale(ax, [y for line in ax.lines for y in line.get_ydata()])
         ax.set(title=part or report.SHORT[group], xticks=layers, xlabel="layer")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
@@ -352,41 +610,35 @@ def fig_layers(by_norm, group):
     return fig
 
 
-def device_description(device):
-    if device.startswith("cuda"):
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
-    cpuinfo = Path("/proc/cpuinfo")
-    models = re.findall(r"model name\s*:\s*(.*)", cpuinfo.read_text()) if cpuinfo.exists() else []
-    return f"CPU {models[0] if models else platform.processor()}, {len(os.sched_getaffinity(0))} cores, no GPU used"
-
-
-def write_study_report(study_dir, run_dirs, norms, header):
+def write_study_report(study_dir, run_dirs, header, sweep=None):
     """study_dir/report.md with its PNGs, and per_run/report.md (analysis.report) for the runs one by one."""
     runs = load_study_runs(run_dirs)
-    by_norm = group_by_norm(runs, norms)
+    by_norm = group_by_norm(runs)
     cfg = runs[0]["config"]
     seeds = sorted({run["config"]["seed"] for run in runs})
     ev = runs[0]["eval_json"]
     batch = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
-    lines = [f"# attnorm study: {study_dir.name}", "", *header, "",
+    lines = [f"# attnorm study: {study_dir.name}", "", *header, *settings_lines([run["config"] for run in runs]), "",
              f"{len(runs)} runs: attn_norm ∈ {{{', '.join(by_norm)}}} × seed ∈ {{{', '.join(map(str, seeds))}}}; "
              f"{cfg['dataset']}, {cfg['n_layer']} layers × {cfg['n_embd']} wide, {cfg['n_head']} heads, block "
              f"{cfg['block_size']}, batch {batch}, {cfg['max_iters']} iterations "
              f"({cfg['max_iters'] * batch * cfg['block_size']:,} tokens) per run. Runs: "
-             f"`{study_dir}/runs/<attn_norm>-s<seed>/`.", "",
-             "## Mean ± std over seeds", "",
-             "At the end of training (std: sample std over seeds). *val PPL*: exact, over the whole val split "
-             "(`analysis.perplexity`). Kurtosis (three definitions, see `analysis/stats.py`) and *sink* (mean "
-             "attention weight on token 0): mean over layers and activation points/matrices; *max |act|*: the "
-             "largest over all of them; on train.py's probe batch.", "", table(by_norm, MODEL_METRICS), "",
-             f"Post-training quantization (`analysis.quantize`): PPL over the first {ev['quant_tokens']:,} val "
-             f"tokens, fp and the PPL lost (ΔPPL = PPL quantized − PPL fp) to int8 weights per tensor or per channel "
-             f"with int8 activations calibrated by min-max or the {ev['quant_percentile']}th percentile on "
-             f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
-             f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so the "
-             f"embedding reads the quantized matrix too.", "", table(by_norm, QUANT_METRICS), "",
-             "## Which differences exceed seed noise", "", noise_section(by_norm, MODEL_METRICS + QUANT_METRICS), "",
-             "## Plots", ""]
+             f"`{study_dir}/runs/<attn_norm>-s<seed>/`.", ""]
+    if sweep:
+        lines += ["## Sweep", "", sweep_section(sweep), ""]
+    lines += ["## Mean ± std over seeds", "",
+              "At the end of training (std: sample std over seeds). *val PPL*: exact, over the whole val split "
+              "(`analysis.perplexity`). Kurtosis (three definitions, see `analysis/stats.py`) and *sink* (mean "
+              "attention weight on token 0): mean over layers and activation points/matrices; *max |act|*: the "
+              "largest over all of them; on train.py's probe batch.", "", table(by_norm, MODEL_METRICS), "",
+              f"Post-training quantization (`analysis.quantize`): PPL over the first {ev['quant_tokens']:,} val "
+              f"tokens, fp and the PPL lost (ΔPPL = PPL quantized − PPL fp) to int8 weights per tensor or per "
+              f"channel with int8 activations calibrated by min-max or the {ev['quant_percentile']}th percentile on "
+              f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
+              f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so "
+              f"the embedding reads the quantized matrix too.", "", table(by_norm, QUANT_METRICS), "",
+              "## Which differences exceed seed noise", "", noise_section(by_norm, MODEL_METRICS + QUANT_METRICS), "",
+              "## Plots", ""]
     figures = [("bars_model.png", fig_bars(by_norm, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
                ("bars_quantization.png", fig_bars(by_norm, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
     figures += [(f"layers_{group}.png", fig_layers(by_norm, group)) for group in LAYER_GROUPS]
@@ -408,13 +660,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False,  # --seed=1 is train.py's key, not short for --seeds
-                                usage="%(prog)s CONFIG [--norms A,B] [--seeds 0,1] [--name NAME] [--key=value ...]")
+                                usage="%(prog)s CONFIG [--norms A,B] [--seeds 0,1] [--sweep key=a,b] [--name NAME] "
+                                      "[--rerun] [--key=value ...]")
     p.add_argument("config", nargs="?", help="a train.py config file, e.g. config/study_cpu.py")
-    p.add_argument("--norms", default="softmax,softmax1,symax,diff", help="comma-separated attn_norms")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--norms", help="comma-separated attn_norms (default: every registered normalizer)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--sweep", action="append", metavar="KEY=A,B,...",
+                   help="a train.py setting to tune per attn_norm on the first seed; repeat for a grid")
     p.add_argument("--name", help="study/<name>/ (default: the config file's name)")
     p.add_argument("--study_root", default="study", help="where studies live (default: study)")
     p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, or one per CPU core)")
+    p.add_argument("--rerun", action="store_true", help="delete and retrain runs trained with other settings")
     p.add_argument("--max_tokens", type=int, default=32768, help="val tokens scored per quantized variant")
     p.add_argument("--calib_batches", type=int, default=8, help="training batches to calibrate activations on")
     p.add_argument("--evaluate", metavar="RUN_DIR", help="(used by the study) evaluate one trained run")
@@ -426,63 +682,64 @@ def main(argv=None):
         p.error("a config file is required, e.g. config/study_cpu.py")
     bad = [o for o in overrides if not re.fullmatch(r"--\w+=.*", o) or o[2:].split("=")[0] in STUDY_KEYS]
     if bad:
-        p.error(f"{' '.join(bad)}: train.py settings are given as --key=value; attn_norm, seed and out_dir are "
-                f"set by the study (--norms, --seeds, --name)")
-    if args.jobs is not None and args.jobs < 1:
-        p.error("--jobs must be >= 1")
+        p.error(f"{' '.join(bad)}: train.py settings are given as --key=value; {', '.join(STUDY_KEYS)} are set by "
+                f"the study (--norms, --seeds, --name)")
 
     import prepare_data
-    from train import ConfigError, load_config
     t0 = time.time()
-    norms, seeds = args.norms.split(","), [int(s) for s in args.seeds.split(",")]
     study_dir = Path(args.study_root) / (args.name or Path(args.config).stem)
-    run_dirs = {f"{n}-s{s}": study_dir / "runs" / f"{n}-s{s}" for s in seeds for n in norms}
-
-    def train_argv(label):
-        norm, seed = label.rsplit("-s", 1)
-        return [args.config, *overrides, f"--attn_norm={norm}", f"--seed={seed}", f"--out_dir={run_dirs[label]}",
-                "--always_save_checkpoint=True"]
-
     try:
-        configs = {label: load_config(train_argv(label)) for label in run_dirs}
-        for cfg in configs.values():
-            cfg.validate()
-    except ConfigError as e:
+        base, study = load_settings(args.config, overrides)
+        norms, seeds, points = study_axes(args, study, base, overrides)
+        args.jobs = args.jobs if args.jobs is not None else study.get("study_jobs")
+        if args.jobs is not None and args.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+        # Every run the study may train (stage 2 trains a subset of the grid's later seeds), checked up front.
+        configs = {run: run_config(base, run, study_dir / "runs" / run.label)
+                   for run in (Run(n, s, point) for n in norms for point in points for s in seeds)}
+        stale = {run: changed for run, cfg in configs.items()
+                 if (changed := changed_settings(study_dir / "runs" / run.label, cfg))}
+    except (ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")
-    cfg = next(iter(configs.values()))
-    if not prepare_data.is_prepared(Path("data") / cfg.dataset):
-        if cfg.dataset not in prepare_data.OFFLINE_DATASETS:
-            sys.exit(f"error: dataset {cfg.dataset!r} is not prepared: run  python prepare_data.py {cfg.dataset}")
-        prepare_data.prepare(cfg.dataset)
+    if stale and not args.rerun:
+        sys.exit(f"error: {stale_message(stale, study_dir)}")
+    for run, changed in stale.items():
+        shutil.rmtree(study_dir / "runs" / run.label)
+        print(f"rerun {run.label}: deleted, it was trained with " +
+              ", ".join(f"{key}={there!r}" for key, (there, _) in changed.items()))
+    if not prepare_data.is_prepared(Path("data") / base.dataset):
+        if base.dataset not in prepare_data.OFFLINE_DATASETS:
+            sys.exit(f"error: dataset {base.dataset!r} is not prepared: run  python prepare_data.py {base.dataset}")
+        prepare_data.prepare(base.dataset)
 
-    jobs, iters = {}, {}
-    for label, run_dir in run_dirs.items():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        steps = pending_steps(run_dir, configs[label].max_iters)
-        done = 0 if "train" in steps else configs[label].max_iters
-        if "train" in steps and (run_dir / CKPT_NAME).exists():  # an interrupted run: counts from its checkpoint
-            done = torch.load(run_dir / CKPT_NAME, map_location="cpu", weights_only=True, mmap=True)["iter_num"]
-        iters[label] = (done, configs[label].max_iters)
-        if steps:
-            jobs[label] = (run_dir, steps)
-        else:
-            print(f"skip {label}: finished ({run_dir})")
-    print(f"study {study_dir}: {len(run_dirs)} runs, {len(jobs)} to do, {len(run_dirs) - len(jobs)} finished")
-
-    failed = []
-    if jobs:
-        progress = Progress({label: iters[label] for label in jobs})
-        failed = run_all(jobs, train_argv, args, cfg.device, progress)
-    finished = [run_dirs[label] for label in run_dirs if label not in failed]
+    sweep = None
+    if len(points) == 1:  # nothing to choose: every run at once
+        chosen = {norm: points[0] for norm in norms}
+        failed = execute(list(configs), configs, study_dir, args, "")
+    else:
+        stage1 = [Run(n, seeds[0], point) for n in norms for point in points]
+        failed = execute(stage1, configs, study_dir, args, "stage 1 (sweep): ")
+        losses = {n: {point: math.nan if Run(n, seeds[0], point).label in failed else read_json(
+            study_dir / "runs" / Run(n, seeds[0], point).label / "eval.json").get("val_loss", math.nan)
+            for point in points} for n in norms}
+        chosen = {n: min((p for p in points if math.isfinite(by_point[p])), key=by_point.get)
+                  for n, by_point in losses.items() if any(map(math.isfinite, by_point.values()))}
+        sweep = {"seed": seeds[0], "points": points, "losses": losses, "chosen": chosen}
+        for norm, point in chosen.items():
+            print(f"sweep: {norm} at {point_name(point)}")
+        stage2 = [Run(n, s, point) for n, point in chosen.items() for s in seeds[1:]]
+        failed += execute(stage2, configs, study_dir, args, "stage 2: ") if stage2 else []
+    shown = [Run(n, s, chosen[n]) for n in norms if n in chosen for s in seeds]
+    finished = [study_dir / "runs" / run.label for run in shown if run.label not in failed]
     if finished:
-        wall = time.time() - t0
+        envs = worker_envs(base.device, args.jobs, len(configs))
+        threads = f", OMP_NUM_THREADS={envs[0]['OMP_NUM_THREADS']} each" if "OMP_NUM_THREADS" in envs[0] else ""
         header = [f"- command: `./run_study.sh {shlex.join(argv)}`",
-                  f"- device: {device_description(cfg.device)}",
+                  f"- device: {runtime.device_description(base.device)}; up to {len(envs)} runs at a time{threads}",
                   f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-                  f"- wall time: {fmt_time(wall)} for this invocation ({len(jobs) - len(failed)} runs trained or "
-                  f"evaluated, {len(run_dirs) - len(jobs)} already finished; data preparation included, this report "
-                  f"not)"]
-        path = write_study_report(study_dir, finished, norms, header)
+                  f"- wall time: {fmt_time(time.time() - t0)} for this invocation (runs already finished were "
+                  f"skipped; data preparation included, this report not)"]
+        path = write_study_report(study_dir, finished, header, sweep)
         print(f"\nreport: {path}\nplots:  {study_dir}/*.png and {study_dir}/per_run/*.png\n"
               f"total time {fmt_time(time.time() - t0)}")
     if failed:

@@ -1,35 +1,60 @@
-"""analysis/study.py and run_study.sh: a tiny two-norm study end to end, its re-run, and the seed-noise verdicts."""
+"""analysis/study.py and run_study.sh: tiny studies end to end (a re-run, changed settings, --rerun, a sweep, wandb
+offline), the statistics against hand-computed cases, the study settings of config files."""
+import argparse
+import json
+import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import scipy.stats
+
 from analysis import study
+from analysis.plots import fmt
+from configurator import ConfigError
+from normalizers import NORMALIZERS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import wandb_run_contents  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--max_iters=30",
-        "--lr_decay_iters=30", "--warmup_iters=5", "--eval_interval=15", "--eval_iters=2", "--log_interval=10",
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--max_iters=20",
+        "--lr_decay_iters=20", "--warmup_iters=5", "--eval_interval=10", "--eval_iters=2", "--log_interval=10",
         "--log_stats=False", "--max_tokens=512", "--calib_batches=2"]  # no stats in training: the study's own
 
 
-def run_study(root):
-    cmd = ["./run_study.sh", "config/shakespeare_char/cpu.py", "--norms", "softmax,symax", "--seeds", "0",
-           "--name", "tiny", "--study_root", str(root), "--jobs", "2", *TINY]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def run_study(root, *args, ok=True, env=None):
+    cmd = ["./run_study.sh", "config/study_cpu.py", "--study_root", str(root), "--jobs", "2", *TINY, *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
-def test_tiny_study_completes_and_a_rerun_skips_finished_runs(tmp_path):
-    out = run_study(tmp_path)
+def wandb_env(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+           "WANDB_DATA_DIR": str(tmp_path / "wandb_data")}
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def test_tiny_study_end_to_end_rerun_and_changed_settings(tmp_path):
+    env = wandb_env(tmp_path)
+    first = ["--norms", "softmax,softmax1", "--seeds", "0", "--name", "tiny", "--wandb_log=True"]
+    out = run_study(tmp_path, *first, env=env).stdout
     study_dir = tmp_path / "tiny"
     report = (study_dir / "report.md").read_text()
-    for norm in ("softmax", "symax"):
+    for norm in ("softmax", "softmax1"):
         rows = [line for line in report.splitlines() if line.startswith(f"| {norm} | 1 |")]
         assert len(rows) == 2, report  # a row in each mean ± std table (model, quantization)
         assert "| – ±" not in rows[0] and "| nan ±" not in rows[0]  # the study's model_stats filled the columns
         assert f"[{norm}-s0" in out  # its progress lines
     assert "report: " in out and "ETA" in out
+    assert "n_layer=1 " in report and "seed ∈ {0}" in report  # the settings of the runs it shows
     pngs = sorted(study_dir.glob("*.png"))
     assert {p.name for p in pngs} >= {"bars_model.png", "bars_quantization.png", "layers_act_kurtosis_token.png"}
     for png in pngs + sorted((study_dir / "per_run").glob("*.png")):
@@ -38,36 +63,140 @@ def test_tiny_study_completes_and_a_rerun_skips_finished_runs(tmp_path):
     for image in report.split("![")[1:]:  # every image the report shows exists
         assert (study_dir / image.split("(")[1].split(")")[0]).exists()
 
+    # wandb: one group per study, tags from train.py; the study's evaluation wrote the final numbers to the summary
+    for norm in ("softmax", "softmax1"):
+        run_dir = study_dir / "runs" / f"{norm}-s0"
+        contents = [wandb_run_contents(f) for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+        assert len({c["run"].run_id for c in contents}) == 1  # training and summary: the same wandb run
+        assert all(c["run"].run_group == "tiny" for c in contents)
+        assert {norm, "seed=0"} <= set(contents[0]["run"].tags)
+        ev = json.loads((run_dir / "eval.json").read_text())
+        summary = {k: v for c in contents for k, v in c["summary"].items()}
+        for key in ["val_ppl", *(f"delta_ppl_{name}" for name in study.quantize.VARIANTS)]:
+            assert summary[key] == ev[key], key
+
     checkpoints = sorted(study_dir.glob("runs/*/ckpt.pt"))
-    assert len(checkpoints) == 2
     mtimes = [p.stat().st_mtime_ns for p in checkpoints]
-    again = run_study(tmp_path)
-    assert "skip softmax-s0: finished" in again and "skip symax-s0: finished" in again
+    again = run_study(tmp_path, *first, env=env).stdout
+    assert "skip softmax-s0: finished" in again and "skip softmax1-s0: finished" in again
     assert "0 to do" in again and "iter " not in again  # train.py never ran
     assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
-    assert (study_dir / "report.md").exists()
+
+    # Other settings: refused before anything runs, in one line that names the setting and both ways on.
+    report_before = (study_dir / "report.md").read_text()
+    changed = run_study(tmp_path, *first, "--n_layer=2", ok=False, env=env)
+    lines = changed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 2 run(s)"), changed.stderr
+    assert "n_layer=1 there, 2 now" in lines[0] and "--name" in lines[0] and "--rerun" in lines[0]
+    assert "iter " not in changed.stdout and (study_dir / "report.md").read_text() == report_before
+    assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
+
+    # --rerun retrains the runs asked for (softmax only here) and the report describes them.
+    rerun = run_study(tmp_path, "--norms", "softmax", "--seeds", "0", "--name", "tiny", "--n_layer=2", "--rerun").stdout
+    assert "rerun softmax-s0: deleted, it was trained with n_layer=1" in rerun
+    assert json.loads((study_dir / "runs/softmax-s0/metrics.jsonl").read_text().splitlines()[0])["config"][
+        "n_layer"] == 2
+    report = (study_dir / "report.md").read_text()
+    assert "--n_layer=2" in report and "n_layer=2 " in report and "2 layers" in report and "softmax1" not in report
+
+
+def test_sweep_picks_the_lowest_val_loss_per_normalizer(tmp_path):
+    out = run_study(tmp_path, "--norms", "softmax", "--seeds", "0,1", "--name", "sweep",
+                    "--sweep", "learning_rate=1e-3,1e-2").stdout
+    runs = tmp_path / "sweep" / "runs"
+    stage1 = {lr: json.loads((runs / f"softmax-learning_rate={lr}-s0" / "eval.json").read_text())["val_loss"]
+              for lr in ("0.001", "0.01")}
+    best = min(stage1, key=stage1.get)
+    assert f"sweep: softmax at learning_rate={best}" in out
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        [f"softmax-learning_rate={lr}-s0" for lr in stage1] + [f"softmax-learning_rate={best}-s1"])
+    assert json.loads((runs / f"softmax-learning_rate={best}-s1" / "metrics.jsonl").read_text().splitlines()[0])[
+        "config"]["learning_rate"] == float(best)
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| softmax | ") and "**" in line)
+    other = next(lr for lr in stage1 if lr != best)
+    assert f"**{fmt(stage1[best], 4)}**" in row and f" {fmt(stage1[other], 4)} " in row
+    assert "At the edge of the grid" in report  # two values: the choice is always at an edge
+    assert "| softmax | 2 |" in report  # the comparison: both seeds at the chosen rate
+
+
+def test_holm_against_a_hand_computed_case():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, then 0.04·1 = 0.04 < 0.06 -> 0.06 (monotone)
+    adjusted = study.holm([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert np.allclose(adjusted[[0, 1, 2, 4]], [0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[3])
+    assert study.holm([0.5, 0.6]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_welch_interval_against_the_formula():
+    a, b = np.array([2.0, 2.4, 2.1, 2.6]), np.array([1.0, 1.1, 0.7])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch–Satterthwaite
+    half = scipy.stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff, low, high, p = study.welch(a, b)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert (low, high) == pytest.approx((diff - half, diff + half))
+    assert p == pytest.approx(2 * scipy.stats.t.sf(diff / math.sqrt(va + vb), df))
+    assert all(math.isnan(x) for x in study.welch(a, np.array([1.0]))[1:])  # one seed: no interval
 
 
 def rows(*xs):
-    return [(None, {"m": x}) for x in xs]
+    return [(None, {"m": x, "n": x}) for x in xs]
 
 
-def test_noise_section_flags_only_differences_beyond_seed_noise():
-    by_norm = {"softmax": rows(1.00, 1.01, 0.99), "far": rows(2.00, 2.01, 1.99), "near": rows(1.00, 1.02, 0.99),
-               "single": rows(5.0)}
-    text = study.noise_section(by_norm, [("metric m", "m")])
-    row = next(line for line in text.splitlines() if line.startswith("| metric m |"))
-    far, near, single = row.split(" | ")[1:4]
-    assert far.startswith("**+1 (p = ")  # beyond noise: bold
-    assert not near.startswith("**") and "p = " in near
-    assert "n/a" in single  # one seed: no noise estimate, no verdict
-    assert "**near** vs softmax: within seed noise" in text and "**far** vs" not in text
+def test_noise_section_bolds_only_what_survives_holm():
+    base, far, near = (1.00, 1.01, 0.99), (2.00, 2.01, 1.99), (1.02, 1.03, 1.025)
+    p_near = scipy.stats.ttest_ind(near, base, equal_var=False).pvalue
+    # 4 testable comparisons (far and near on 2 metrics each; "single" has one seed): near's two rank 3rd and 4th
+    # by p, so Holm multiplies them by 2 and 1 and takes the running maximum: 2·p. Significant alone, not after.
+    assert p_near < 0.05 < 2 * p_near
+    by_norm = {"softmax": rows(*base), "far": rows(*far), "near": rows(*near), "single": rows(5.0)}
+    text = study.noise_section(by_norm, [("metric m", "m"), ("metric n", "n")])
+    cells = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| metric")}
+    # by hand: se = √(2·0.0001/3) = 0.00816, t(0.975, df 4) = 2.776: 1 ± 0.0227
+    assert "| **+1** | **[+0.977, +1.02]** |" in cells[("| metric m", "far")]
+    assert "**" not in cells[("| metric m", "near")]
+    assert cells[("| metric m", "near")].endswith(f"| {p_near:.2g} | {2 * p_near:.2g} |")
+    assert cells[("| metric m", "single")].endswith("| n/a | n/a | n/a |")  # one seed: no interval, no verdict
+    assert "over all 4 comparisons" in text and "far metric m +1" in text and "near metric" not in text
 
 
-def test_worker_envs_share_the_cores():
+def axes(**kw):
+    args = argparse.Namespace(**{"norms": None, "seeds": None, "sweep": None, "config": "cfg.py", **kw})
+    return study.study_axes(args, {}, study.TrainConfig(), [])
+
+
+def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
+    norms, seeds, points = axes()
+    assert norms == list(NORMALIZERS) and seeds == [0, 1, 2] and points == [()]
+    _, _, points = axes(sweep=["learning_rate=1e-3,2e-3", "n_layer=2,3"])
+    assert points == [(("learning_rate", 0.001), ("n_layer", 2)), (("learning_rate", 0.001), ("n_layer", 3)),
+                      (("learning_rate", 0.002), ("n_layer", 2)), (("learning_rate", 0.002), ("n_layer", 3))]
+    assert study.Run("softmax", 1, points[1]).label == "softmax-learning_rate=0.001-n_layer=3-s1"
+    for bad, words in [(dict(sweep=["n_layer=2,x"]), "n_layer"), (dict(sweep=["seed=1,2"]), "set by the study"),
+                       (dict(norms="softmax,nope"), "unknown attn_norm 'nope'"), (dict(seeds="0,a"), "--seeds")]:
+        with pytest.raises(ConfigError, match=words):
+            axes(**bad)
+
+
+def test_config_files_hold_study_settings(tmp_path):
+    cfg, settings = study.load_settings("config/study_cpu_full.py", ["--max_iters=7"])
+    assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3]} and settings["study_seeds"] == [0, 1, 2]
+    assert (cfg.n_layer, cfg.max_iters) == (4, 7)  # the quick study's model, the override applied
+    cfg, settings = study.load_settings("config/study_gpu.py", [])
+    assert (cfg.n_layer, cfg.n_embd, cfg.block_size, settings["study_seeds"]) == (6, 384, 256, [0, 1, 2])
+    bad = tmp_path / "bad.py"
+    bad.write_text("n_layer = 2\nstudy_seed = [0]\n")
+    with pytest.raises(ConfigError, match="unknown study setting study_seed"):
+        study.load_settings(str(bad), [])
+
+
+def test_worker_envs_share_the_cores_and_the_gpus(monkeypatch):
     envs = study.worker_envs("cpu", None, n_runs=1)
     assert len(envs) == 1 and int(envs[0]["OMP_NUM_THREADS"]) >= 1
     cores = len(os.sched_getaffinity(0))
     envs = study.worker_envs("cpu", None, n_runs=100)
     assert len(envs) == cores and all(e["OMP_NUM_THREADS"] == "1" for e in envs)
     assert [e["OMP_NUM_THREADS"] for e in study.worker_envs("cpu", 1, n_runs=5)] == [str(cores)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in study.worker_envs("cuda", None, 12)] == ["3", "5"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in study.worker_envs("cuda", 5, 12)] == ["3", "5", "3", "5", "3"]
