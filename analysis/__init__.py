@@ -3,7 +3,10 @@ Analysis of attnorm runs: outlier and attention statistics, perplexity, and the 
 
     stats.py               model_stats(): kurtosis, outliers and attention sinks, logged by train.py at every eval
     perplexity.py          exact perplexity / bits per character of a checkpoint over a whole split
+    quantize.py            post-training fake quantization (W8A8, W8, W4) and the perplexity it costs
     report.py              report.md and plots comparing runs; kurtosis_curves.ipynb draws the same figures
+    study.py               the multi-seed study behind run_study.sh: sweeps, training, evaluation, its report
+    plots.py               what the reports share: registry order and colours, number format, figure grid
 
 This module only reads files (no torch, no matplotlib), because train.py imports the package at startup.
 """

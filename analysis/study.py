@@ -80,6 +80,7 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
                   "wandb_group", "wandb_tags"}
 # Study settings a config file may hold, with what the command line calls them.
 STUDY_SETTINGS = {"study_norms": "--norms", "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs"}
+REPO = Path(__file__).resolve().parents[1]
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
 QUANT_ARGS = ("max_tokens", "calib_batches")
 WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
@@ -369,14 +370,16 @@ def run_all(jobs, args, device, progress):
     def work(k, job):
         with free_lock:
             slot = free.pop()
-        env = {**os.environ, **envs[slot], "PYTHONUNBUFFERED": "1"}
+        # The runs read data/ where the study runs (run_study.sh: the repository), the code from the repository.
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **envs[slot], "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
         where = ", ".join(f"{key}={value}" for key, value in envs[slot].items()) or device
         prefix = f"[{job.label} {k}/{len(jobs)}] "
         t0 = time.time()
         progress.print(f"{prefix}start ({where}): {', '.join(job.steps)}\n", force_status=True)
         try:
             if "train" in job.steps:
-                stream([sys.executable, "train.py", *job.train_argv], env, job.dir / "train.log", prefix, progress,
+                stream([sys.executable, str(REPO / "train.py"), *job.train_argv], env, job.dir / "train.log", prefix, progress,
                        job.label)
             eval_device = "cuda" if device.startswith("cuda") else device  # the worker's one visible GPU
             stream([sys.executable, "-m", "analysis.study", "--evaluate", str(job.dir), "--eval_device", eval_device,

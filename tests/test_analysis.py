@@ -373,6 +373,34 @@ def test_report_over_two_runs(tiny_runs, tmp_path):
         assert f"]({name})" in text
 
 
+def test_report_orders_and_colours_runs_by_the_registry(tmp_path):
+    from matplotlib.colors import to_rgba
+    from analysis.report import fig_loss, load_runs
+    names = list(NORMALIZERS)[::-1]  # the registry's order reversed on the command line
+    for name in names:
+        records = [{"iter": 0, "event": "start", "config": {"attn_norm": name, "seed": 0}},
+                   {"iter": 1, "event": "train", "loss": 3.0}, {"iter": 1, "event": "eval", "val_loss": 3.1}]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = load_runs([tmp_path / name for name in names])
+    assert [run["config"]["attn_norm"] for run in runs] == list(NORMALIZERS)
+    lines = fig_loss(runs).axes[0].lines  # a train and a val line per run
+    assert [to_rgba(line.get_color()) for line in lines[::2]] == [to_rgba(s.color) for s in NORMALIZERS.values()]
+
+
+def test_report_cli_out_must_be_given_and_a_directory(tmp_path, capsys):
+    from analysis.report import main
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a directory")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--out", str(afile)])
+    assert str(e.value) == f"error: --out {afile} is a file, not a directory: give a directory for report.md and its plots"
+    with pytest.raises(SystemExit) as e:  # no default: a report never lands where the command happens to run
+        main([str(tmp_path)])
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+    assert afile.read_text() == "not a directory"
+
+
 def test_notebook_executes(tiny_runs, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

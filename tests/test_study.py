@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import prepare_data
 from analysis import study
 from analysis.plots import fmt
 from configurator import ConfigError
@@ -27,11 +28,25 @@ TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_
         "--log_stats=False", "--max_tokens=512", "--calib_batches=2"]  # no stats in training: the study's own
 
 
-def run_study(root, *args, ok=True, env=None):
-    cmd = ["./run_study.sh", "config/study_cpu.py", "--study_root", str(root), "--jobs", "2", *TINY, *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+def run_study(root, *args, ok=True, env=None, cwd=None):
+    """./run_study.sh (in the repository, on its data/), or with cwd the same study run there, on cwd's data/."""
+    study = [sys.executable, "-m", "analysis.study"] if cwd else ["./run_study.sh"]
+    cmd = [*study, str(REPO / "config/study_cpu.py"), "--study_root", str(root), "--jobs", "2", *TINY, *args]
+    env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=600, env=env)
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A directory with data/shakespeare_char whose val split is cut to 4000 tokens: exact perplexity over all of
+    it takes a moment."""
+    root = tmp_path_factory.mktemp("work")
+    data = prepare_data.prepare("shakespeare_char", out_dir=root / "data")
+    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 4000])  # uint16
+    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 4000}))
+    return root
 
 
 def wandb_env(tmp_path):
@@ -42,7 +57,7 @@ def wandb_env(tmp_path):
     return env
 
 
-def test_tiny_study_end_to_end_rerun_and_changed_settings(tmp_path):
+def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
     env = wandb_env(tmp_path)
     first = ["--norms", "softmax,softmax1", "--seeds", "0", "--name", "tiny", "--wandb_log=True"]
     out = run_study(tmp_path, *first, env=env).stdout
@@ -91,18 +106,10 @@ def test_tiny_study_end_to_end_rerun_and_changed_settings(tmp_path):
     assert "iter " not in changed.stdout and (study_dir / "report.md").read_text() == report_before
     assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
 
-    # --rerun retrains the runs asked for (softmax only here) and the report describes them.
-    rerun = run_study(tmp_path, "--norms", "softmax", "--seeds", "0", "--name", "tiny", "--n_layer=2", "--rerun").stdout
-    assert "rerun softmax-s0: deleted, it was trained with n_layer=1" in rerun
-    assert json.loads((study_dir / "runs/softmax-s0/metrics.jsonl").read_text().splitlines()[0])["config"][
-        "n_layer"] == 2
-    report = (study_dir / "report.md").read_text()
-    assert "--n_layer=2" in report and "n_layer=2 " in report and "2 layers" in report and "softmax1" not in report
 
-
-def test_sweep_picks_the_lowest_val_loss_per_normalizer(tmp_path):
-    out = run_study(tmp_path, "--norms", "softmax", "--seeds", "0,1", "--name", "sweep",
-                    "--sweep", "learning_rate=1e-3,1e-2").stdout
+def test_sweep_picks_the_lowest_val_loss_per_normalizer_and_rerun_retrains(tmp_path, workdir):
+    sweep = ["--norms", "softmax", "--name", "sweep", "--sweep", "learning_rate=1e-3,1e-2"]
+    out = run_study(tmp_path, *sweep, "--seeds", "0,1", cwd=workdir).stdout
     runs = tmp_path / "sweep" / "runs"
     stage1 = {lr: json.loads((runs / f"softmax-learning_rate={lr}-s0" / "eval.json").read_text())["val_loss"]
               for lr in ("0.001", "0.01")}
@@ -118,6 +125,16 @@ def test_sweep_picks_the_lowest_val_loss_per_normalizer(tmp_path):
     assert f"**{fmt(stage1[best], 4)}**" in row and f" {fmt(stage1[other], 4)} " in row
     assert "At the edge of the grid" in report  # two values: the choice is always at an edge
     assert "| softmax | 2 |" in report  # the comparison: both seeds at the chosen rate
+
+    # --rerun deletes and retrains the runs asked for that were trained with other settings (seed 1 here), and
+    # the report describes the runs it shows.
+    sweep[-1] = f"learning_rate={best}"
+    rerun = run_study(tmp_path, *sweep, "--seeds", "1", "--n_layer=2", "--rerun", cwd=workdir).stdout
+    assert f"rerun softmax-learning_rate={best}-s1: deleted, it was trained with n_layer=1" in rerun
+    metrics = (runs / f"softmax-learning_rate={best}-s1" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[0])["config"]["n_layer"] == 2
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "--n_layer=2" in report and "n_layer=2 " in report and "2 layers" in report and "seed ∈ {1}" in report
 
 
 def test_holm_against_a_hand_computed_case():
