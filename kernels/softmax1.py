@@ -100,10 +100,10 @@ class VirtualKeyAttention(torch.autograd.Function):
         b = lse.new_zeros(()) if logit is None else logit.to(lse.dtype)
         b = b.expand(lse.shape[:-1] + (T,))
         lse_row = lse[..., :T]
-        p_virtual = torch.sigmoid(b - lse_row)[..., None]
+        p_virtual = torch.sigmoid(b - lse_row)[..., None]  # not 1 − σ(LSE − b): that loses a tiny p′'s digits
         out_all = out * torch.sigmoid(lse_row - b)[..., None]
         if value is not None:
-            out_all = out_all + p_virtual * value.to(lse.dtype)
+            out_all = torch.addcmul(out_all, p_virtual, value.to(lse.dtype))
         out_all = out_all.to(out.dtype)
         lse_all = torch.logaddexp(lse, F.pad(b, (0, lse.size(-1) - T)))
         ctx.save_for_backward(q, k, v, out_all, lse_all, p_virtual, value)
@@ -119,14 +119,15 @@ class VirtualKeyAttention(torch.autograd.Function):
         dlogit = dvalue = None
         want_logit, want_value = ctx.needs_input_grad[3:5]
         if want_logit or want_value:
-            do_acc = do.to(p_virtual.dtype)
+            do_acc, p_virtual = do.to(p_virtual.dtype), p_virtual[..., 0]
             if want_logit:
-                delta = (do_acc * out_all.to(do_acc.dtype)).sum(-1, keepdim=True)
-                dot_value = 0 if value is None else (do_acc * value.to(do_acc.dtype)).sum(-1, keepdim=True)
                 shape, dtype = ctx.logit_like
-                dlogit = (p_virtual * (dot_value - delta))[..., 0].sum_to_size(shape).to(dtype)
+                ds = -torch.linalg.vecdot(do_acc, out_all.to(do_acc.dtype))  # −Δ
+                if value is not None:
+                    ds = ds + torch.linalg.vecdot(do_acc, value.to(do_acc.dtype))
+                dlogit = (p_virtual * ds).sum_to_size(shape).to(dtype)
             if want_value:
-                dvalue = (p_virtual * do_acc).sum_to_size(value.shape).to(value.dtype)
+                dvalue = (p_virtual[..., None] * do_acc).sum_to_size(value.shape).to(value.dtype)
         return dq, dk, dv, dlogit, dvalue, None, None
 
 
@@ -155,12 +156,12 @@ def sink_attention(q, k, v, sink):
 
 def kvbias_attention(q, k, v, k_bias, v_bias):
     """A learned virtual key k′ and value v′ per head, k_bias and v_bias (H, d), seen by every query."""
-    return virtual_key_attention(q, k, v, virtual_logits(q, k_bias)[..., 0], v_bias[:, None, :])
+    return virtual_key_attention(q, k, v, virtual_logits(q, k_bias), v_bias[:, None, :])
 
 
 def virtual_logits(q, k_bias):
-    """s′ = q·k′/√d (B, H, T, 1) in fp32 (fp64 stays fp64), whatever the autocast dtype: one bf16 rounding of a
+    """s′ = q·k′/√d (B, H, T) in fp32 (fp64 stays fp64), whatever the autocast dtype: one bf16 rounding of a
     logit moves its weight by up to ~0.4%."""
     dt = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
-        return (q.to(dt) @ k_bias.to(dt)[..., None]) / math.sqrt(q.size(-1))
+        return torch.linalg.vecdot(q.to(dt), k_bias.to(dt)[:, None, :]) / math.sqrt(q.size(-1))

@@ -40,12 +40,12 @@ class KVBias(Normalizer):
 
     def reference(self, q, k, v, dropout_p=0.0, *, k_bias, v_bias):
         with torch.autocast(q.device.type, enabled=False):
-            p, p_virtual = virtual_key_weights(*causal_scores(q, k), virtual_logits(q, k_bias))
+            p, p_virtual = virtual_key_weights(*causal_scores(q, k), virtual_logits(q, k_bias)[..., None])
             p, p_virtual = F.dropout(p, dropout_p), F.dropout(p_virtual, dropout_p)  # the whole row, virtual entry too
             return (p @ v.to(p.dtype) + p_virtual * v_bias.to(p.dtype)[:, None, :]).to(v.dtype)
 
     def probs(self, q, k, *, k_bias, v_bias):
-        return reference_weights(q, k, self.weights, virtual_logit=virtual_logits(q, k_bias))
+        return reference_weights(q, k, self.weights, virtual_logit=virtual_logits(q, k_bias)[..., None])
 
     def fused_unavailable(self, device_type, auto):
         if device_type not in ("cpu", "cuda"):
