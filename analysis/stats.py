@@ -14,6 +14,9 @@ central moments m_k = mean((x - mean(x))^k):
                                  averaged over the tokens, as in Kaul et al. 2025, "From Attention to Activation"
                                  (their outlier-free models score ~3.1). Normal: 3.
 
+A token (or sequence) whose values are all equal has no kurtosis (0/0): clipped softmax lets a head attend to
+nothing, so its output can be exactly zero. Such tokens are left out of the means, not averaged in as NaN.
+
 They see different outliers: a few tokens with a huge norm but an ordinary spread over channels ("massive
 activations") raise the tensor kurtosis, not the per-token one; a channel that is large in every token (an
 "outlier feature") raises the per-token one; sequences of different scales raise the tensor kurtosis, not
@@ -115,8 +118,8 @@ def activation_stats(x):
     top = a.topk(min(100, a.numel())).values  # descending
     return {
         "act_kurtosis_tensor": excess_kurtosis(x),
-        "act_kurtosis_sample": pearson_kurtosis(x.flatten(1), dim=1, unbiased_std=True).mean(),
-        "act_kurtosis_token": pearson_kurtosis(x, dim=-1).mean(),
+        "act_kurtosis_sample": pearson_kurtosis(x.flatten(1), dim=1, unbiased_std=True).nanmean(),
+        "act_kurtosis_token": pearson_kurtosis(x, dim=-1).nanmean(),
         "act_absmax": top[0],
         "act_top10": top[min(10, len(top)) - 1],
         "act_top100": top[min(100, len(top)) - 1],

@@ -96,6 +96,22 @@ def test_planted_outlier():
     assert stats["act_kurtosis_tensor"] > 100  # one 50σ value among 10,000 dominates the fourth moment
 
 
+def test_constant_tokens_are_left_out_of_the_means():
+    """Clipped softmax can zero a head's output: a token of equal values has no kurtosis and is skipped."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 16, 32))
+    x[0, 3] = 0.0
+    x[1, 9] = 2.5
+    x[1, 0] = 0.0
+    got = {k: v.item() for k, v in activation_stats(torch.from_numpy(x)).items()}
+    keep = np.ones(x.shape[:2], bool)
+    keep[0, 3] = keep[1, 9] = keep[1, 0] = False
+    assert got["act_kurtosis_token"] == pytest.approx(scipy.stats.kurtosis(x[keep], axis=-1, fisher=False).mean())
+    x[1] = 0.0  # a whole sequence of zeros: the per-sample mean is sequence 0's value
+    got = {k: v.item() for k, v in activation_stats(torch.from_numpy(x)).items()}
+    assert got["act_kurtosis_sample"] == pytest.approx(reference_definitions(x[:1])["act_kurtosis_sample"])
+
+
 def reference_definitions(x):
     """The three activation kurtosis definitions in numpy, written from their papers' formulas."""
     x = x.astype(np.float64)

@@ -483,7 +483,8 @@ def test_checkpoint_holds_plain_types_only(tiny_ckpt):
     ckpt = torch.load(tiny_ckpt / "ckpt.pt", weights_only=True)  # the strict unpickler accepts it
     for section in ("config", "model_args", "meta"):
         for key, value in ckpt[section].items():
-            assert type(value) in (str, int, float, bool), f"ckpt[{section!r}][{key!r}] is a {type(value)}"
+            # None: a setting whose value is derived (sigmoid_bias = -log T, muon_lr = learning_rate)
+            assert type(value) in (str, int, float, bool, type(None)), f"ckpt[{section!r}][{key!r}] is a {type(value)}"
     config = ckpt["config"]
     assert config["n_layer"] == 2 and config["attn_norm"] == "softmax" and config["out_dir"].endswith("tiny")
 

@@ -107,7 +107,7 @@ def test_unknown_key_suggests_closest(tmp_path):
     (["--attn_norm=diff", "--n_head=3", "--n_embd=48"], r"n_head must be even"),
     (["--learning_rate=0"], r"learning_rate must be > 0"),
     (["--learning_rate=-0.001"], r"learning_rate must be > 0"),
-    (["--attn_norm=softmax2"], r"unknown attn_norm 'softmax2'; valid: softmax, softmax1, symax, diff"),
+    (["--attn_norm=softmax2"], r"unknown attn_norm 'softmax2'; valid: softmax, softmax1, symax, diff, "),
     (["--attn_impl=flash"], r"unknown attn_impl 'flash'; valid: auto, fused, reference"),
     (["--dropout=1.0"], r"dropout"),
     (["--init_from=gpt2"], r"init_from='gpt2' is not one of scratch, resume, auto"),
@@ -130,7 +130,7 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
-        "error: unknown attn_norm 'softmax2'; valid: softmax, softmax1, symax, diff"]
+        "error: unknown attn_norm 'softmax2'; valid: " + ", ".join(normalizers.NORMALIZERS)]
 
 
 # ----------------------------------------------------------------------------------------------------------
