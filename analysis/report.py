@@ -249,6 +249,10 @@ def summary(run):
         values = [v for key, v in last.items() if key.startswith(group + "/")]
         row[f"{group}_mean"] = statistics.fmean(values) if values else math.nan
         row[f"{group}_max"] = max(values, default=math.nan)
+    # outliers against the typical size, as in the massive-activations papers: max |x| / median |x| per point
+    ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
+              if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
+    row["act_ratio_max"] = max(ratios, default=math.nan)
     return row
 
 
@@ -258,7 +262,8 @@ COLUMNS = [  # (header, summary key(s)) after the val loss: one key is shown as 
     ("act. kurt. tensor mean / max", ("act_kurtosis_tensor_mean", "act_kurtosis_tensor_max")),
     ("act. kurt. sample mean / max", ("act_kurtosis_sample_mean", "act_kurtosis_sample_max")),
     ("act. kurt. token mean / max", ("act_kurtosis_token_mean", "act_kurtosis_token_max")),
-    ("max \\|act\\|", "act_absmax_max"), ("sink mean", "attn_sink_mean"), ("quiet mean", "attn_quiet_mean"),
+    ("max \\|act\\|", "act_absmax_max"), ("max \\|act\\| / median", "act_ratio_max"),
+    ("sink mean / max", ("attn_sink_mean", "attn_sink_max")), ("quiet mean", "attn_quiet_mean"),
 ]
 
 
@@ -315,8 +320,11 @@ Kurtosis, in three definitions (the literature's "kurtosis" means any of them; f
 
 Activation points per layer: `attn_out` (heads' output, input of `attn.c_proj`), `attn_branch` (attention's
 output), `mlp_hidden` (after GELU), `mlp_out` (MLP's output), `resid` (residual stream after the block), on a
-fixed probe batch of val sequences. **max |act|** is the largest |activation| anywhere. Attention, over queries
-1..T−1: **sink** = mean weight on the first token; **quiet** = 1 − Σ weights (0 for softmax, λ for diff);
+fixed probe batch of val sequences. **max |act|** is the largest |activation| anywhere; **max |act| / median** the
+largest ratio of max |activation| to median |activation| at one point (massive activations: hundreds or more).
+Attention, over queries 1..T−1: **sink** = mean weight on the first token (mean and max over layers; uniform
+causal attention puts (H_T − 1)/(T − 1) on it, H_T the harmonic number: 0.059 at T = 64, 0.035 at T = 128, 0.020 at T = 256, so only
+a sink well above that is one); **quiet** = 1 − Σ weights (0 for softmax, λ for diff);
 entropy of |weights| renormalised to sum 1 (in the plots). **stats s**: seconds model_stats took at that eval.
 """
 

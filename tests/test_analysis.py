@@ -376,6 +376,20 @@ def test_read_metrics_keeps_the_last_record_after_a_resume(tmp_path):
     assert run["eval_json"] == {}
 
 
+def test_summary_outlier_ratio_and_sink_max_by_hand(tmp_path):
+    from analysis.report import summary
+    last = {"iter": 8, "event": "eval", "val_loss": 2.0,
+            "act_absmax/h.0.resid": 12.0, "act_median/h.0.resid": 0.5,   # 24
+            "act_absmax/h.1.resid": 30.0, "act_median/h.1.resid": 3.0,   # 10
+            "act_absmax/h.1.attn_out": 5.0, "act_median/h.1.attn_out": 0.0,  # all-zero median: no ratio
+            "attn_sink/h.0": 0.1, "attn_sink/h.1": 0.4}
+    lines = [{"iter": 0, "event": "start", "config": {"attn_norm": "softmax", "seed": 0}}, last]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    row = summary(read_metrics(tmp_path))
+    assert row["act_ratio_max"] == 24.0 and row["act_absmax_max"] == 30.0
+    assert row["attn_sink_max"] == 0.4 and row["attn_sink_mean"] == pytest.approx(0.25)
+
+
 def test_report_over_two_runs(tiny_runs, tmp_path):
     (tiny_runs[0] / "eval.json").write_text(json.dumps({"val_loss": 3.21, "val_ppl": math.exp(3.21), "bpc": 4.6}))
     path = write_report(tiny_runs, tmp_path / "report")
