@@ -9,6 +9,8 @@ Training throughput per attn_norm and attn_gate: tokens/s, ms/iter and MFU of tr
 Rows: every attn_norm of --norms (default: every registered one) with the first of --gates (none), then every
 other attn_gate mode with the first attn_norm (softmax): a gate scales attention's output, so what it costs does not
 depend on the normalizer. The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak bf16.
+--rounds R measures every row R times, the rows interleaved (round 1 measures every row, then round 2, ...), and
+reports each row's median: on a shared machine whose load drifts, every row then sees the same drift.
 
 --batch_size=auto: on a GPU, the largest micro-batch that fits, found for the first row by halving from
 --max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
@@ -91,6 +93,8 @@ def parse_args(argv):
     parser.add_argument("--vocab_size", type=int, help="default: data/<dataset>/meta.json's, else GPT-2's 50257")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per row")
     parser.add_argument("--warmup", type=int, default=5, help="iterations before timing (compilation happens here)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every row this many times, interleaved, "
+                                                             "and report the median")
     parser.add_argument("--out", help="also write the table to this file, e.g. benchmarks/results/<device>-train.md")
     args, overrides = parser.parse_known_args(argv)
     for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", normalizers.gates.GATES)):
@@ -99,8 +103,8 @@ def parse_args(argv):
             parser.error(f"unknown {name} {', '.join(unknown)}; valid: {', '.join(valid)}")
     if args.batch_size not in (None, "auto") and not args.batch_size.isdigit():
         parser.error(f"--batch_size={args.batch_size}: expected a positive integer or auto")
-    if args.iters < 1 or args.warmup < 0:
-        parser.error("need --iters >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("need --iters >= 1, --warmup >= 0 and --rounds >= 1")
     return args, overrides
 
 
@@ -136,29 +140,44 @@ def main(argv=None):
                f"compile {cfg.compile}",
                f"- batch: micro-batch {batch_text} x "
                f"{cfg.gradient_accumulation_steps} micro-steps; {args.iters} timed iterations after {args.warmup} "
-               f"warm-up; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
+               f"warm-up" + (f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else "") +
+               f"; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
                "",
                f"| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × {norms[0]} |",
                "|---|---|---|---:|---:|---:|---:|---:|")
-    batch_size, base, failed = args.max_batch_size if auto else cfg.batch_size, None, []
-    for (norm, gate), cfg in zip(rows, cfgs):
-        try:
-            dt, model, used = fitting_batch(cfg, vocab_size, args, batch_size, halve=auto)
-        except Exception as e:  # out of memory, a kernel that does not compile, ...: the other rows still run
-            failed.append(f"- {norm}, attn_gate={gate}: {type(e).__name__}: {str(e).strip()[:300]}")
-            print(failed[-1], flush=True)
+    batch_size, failed = args.max_batch_size if auto else cfg.batch_size, {}
+    seconds, used, flops = [[] for _ in rows], [None] * len(rows), [None] * len(rows)
+    for r in range(args.rounds):
+        for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
+            if i in failed:
+                continue
+            try:
+                dt, model, used[i] = fitting_batch(cfg, vocab_size, args, used[i] or batch_size, halve=auto)
+            except Exception as e:  # out of memory, a kernel that does not compile, ...: the other rows still run
+                failed[i] = f"- {norm}, attn_gate={gate}: {type(e).__name__}: {str(e).strip()[:300]}"
+                print(failed[i], flush=True)
+                continue
+            if i == 0 and r == 0:  # every other row starts from its micro-batch
+                batch_size = used[0]
+            tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
+            flops[i] = model.estimate_mfu(tokens, 1.0, device_name)  # MFU at 1 s/iter: MFU = this / dt
+            seconds[i].append(dt)
+            if args.rounds > 1:
+                print(f"round {r + 1}/{args.rounds}: {norm}, {gate}: {dt * 1000:.1f} ms/iter", flush=True)
+            del model  # before the next row builds its own
+    base = None
+    for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
+        if i in failed:
             continue
-        tokens = cfg.gradient_accumulation_steps * used * cfg.block_size
-        if (norm, gate) == rows[0]:  # every other row starts from its micro-batch and compares to it
-            batch_size, base = used, tokens / dt
-        mfu = model.estimate_mfu(tokens, dt, device_name)
+        dt = float(np.median(seconds[i]))
+        tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
+        base = base or tokens / dt  # the first row that ran
         attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
-        batch = f"{used}" if used == batch_size else f"{used} (out of memory at {batch_size})"
+        batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
         report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
-                   f"{'n/a' if mfu is None else f'{mfu * 100:.1f}%'} | {f'{tokens / dt / base:.2f}' if base else '—'} |")
-        del model  # before the next row builds its own
+                   f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | {tokens / dt / base:.2f} |")
     if failed:
-        report.add("", "Failed:", "", *failed)
+        report.add("", "Failed:", "", *failed.values())
 
 
 if __name__ == "__main__":
