@@ -1,35 +1,45 @@
 """
-A multi-seed study: train every (attn_norm, seed) pair, evaluate each run, and compare the attn_norms.
+A multi-seed study: train every (variant, seed) pair, evaluate each run, and compare the variants.
 
-    ./run_study.sh config/study_cpu.py [--norms softmax,symax] [--seeds 0,1,2] [--sweep key=a,b,c ...]
-                   [--name NAME] [--jobs N] [--rerun] [--key=value ...]
+    ./run_study.sh config/study_cpu.py [--norms softmax,symax] [--gates headwise,...] [--optimizers adamw,muon]
+                   [--seeds 0,1,2] [--sweep key=a,b,c ...] [--name NAME] [--jobs N] [--rerun] [--key=value ...]
     python -m analysis.study CONFIG ...                                  (the same; run_study.sh only calls this)
 
---norms defaults to every registered normalizer (normalizers.NORMALIZERS), compared in the registry's order
-against its first (the baseline); --seeds to 0,1,2. A config file may set these for its study, with `study_norms`,
+What a study compares is a *variant*: an attn_norm with an output gate (attn_gate, normalizers/gates.py) and an
+optimizer. --norms defaults to every registered normalizer (normalizers.NORMALIZERS), in the registry's order; the
+first of them is the baseline. --gates (default: none) adds, per gate listed, the baseline with that gate; the other
+variants keep the config's attn_gate ('none' unless it sets one). --optimizers (default: the config's optimizer) is
+one more axis: every variant is trained with each optimizer listed. A variant's name is its attn_norm, then its gate
+and its optimizer where they differ from the config's gate and the first optimizer listed: softmax,
+softmax+headwise, sink+muon, softmax+headwise+muon. --attn_gate=... thus gates every variant; --optimizer=... is
+--optimizers with one (the two are refused together); neither attn_gate nor optimizer may be swept. --seeds defaults
+to 0,1,2. A config file may set these for its study, with `study_norms`, `study_gates`, `study_optimizers`,
 `study_seeds`, `study_sweep` and `study_jobs` (see STUDY_SETTINGS); the command line overrides them. Every other
 assignment in it is a train.py setting.
 
 Each run trains with `python train.py --key=value ...`, its settings resolved here (the config file, then the
-overrides, then attn_norm, seed, out_dir and the swept values) into study/<name>/runs/<label>/ (name: the config
-file's stem; label: <attn_norm>[-<key>=<value>...]-s<seed>); train.log starts with the command. The study adds
-always_save_checkpoint=True, so that the checkpoint is the model at max_iters (the runs are compared at equal
-steps) and a finished run can be told from an unfinished one. Then, in one process per run: exact val perplexity
-(analysis.perplexity), model_stats on train.py's probe batch if the last eval did not log them (log_stats=False),
-post-training quantization (analysis.quantize), and with wandb_log the run's final numbers into its wandb summary.
-Finally study/<name>/report.md: mean ± std over seeds per attn_norm, bar charts, per-layer curves, differences to
-the baseline with 95% confidence intervals and Holm-corrected p-values, and per_run/report.md (analysis.report).
+overrides, then the variant's attn_norm, attn_gate and optimizer, seed, out_dir and the swept values) into
+study/<name>/runs/<label>/ (name: the config file's stem; label: <variant>[-<key>=<value>...]-s<seed>); train.log
+starts with the command. The study adds always_save_checkpoint=True, so that the checkpoint is the model at
+max_iters (the runs are compared at equal steps) and a finished run can be told from an unfinished one. Then, in one
+process per run: exact val perplexity (analysis.perplexity), model_stats on train.py's probe batch if the last eval
+did not log them (log_stats=False), post-training quantization (analysis.quantize), and with wandb_log the run's
+final numbers into its wandb summary. Finally study/<name>/report.md: mean ± std over seeds per variant, bar charts,
+per-layer curves, each variant's difference to the baseline under the same optimizer (with two optimizers, two
+baselines) and, with several optimizers, each variant's difference to itself under the first optimizer (the
+optimizer's effect), with 95% confidence intervals and Holm-corrected p-values, and per_run/report.md
+(analysis.report).
 
-Sweeps: `--sweep learning_rate=1e-3,2e-3,4e-3` (any train.py setting; several --sweep make a grid). Stage 1 trains
-every (attn_norm, grid point) on the first seed and picks, per attn_norm, the point with the lowest exact val loss;
-stage 2 trains the other seeds at each attn_norm's point. The report shows the sweep table and flags a choice at
-the edge of the grid.
+Sweeps: `--sweep learning_rate=1e-3,2e-3,4e-3` (any train.py setting but those a variant sets; several --sweep make a
+grid). Stage 1 trains every (variant, grid point) on the first seed and picks, per variant, the point with the
+lowest exact val loss; stage 2 trains the other seeds at each variant's point. The report shows the sweep table and
+flags a choice at the edge of the grid.
 
 Runs go to a pool of workers: --jobs per visible GPU's share (CUDA_VISIBLE_DEVICES set per run, round robin; default
 one run per GPU) when the config's device is cuda, else --jobs CPU processes (default: one per core) sharing the
 cores (OMP_NUM_THREADS = cores / jobs; for small models one thread per run beats many threads per run). With
-wandb_log=True every run logs to the wandb group named after the study, tagged with its attn_norm, seed and swept
-values.
+wandb_log=True every run logs to the wandb group named after the study, tagged with its attn_norm, optimizer and
+seed (by train.py), its attn_gate=<gate> unless none, and its swept values.
 
 A re-run skips finished runs (checkpoint at max_iters, evaluation complete) and resumes interrupted ones (train.py's
 init_from=auto), but only where the run was trained with the settings asked for now: a run directory whose
@@ -59,19 +69,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats as scipy_stats
+from matplotlib.colors import to_rgb
 
 import configurator
 import normalizers
 import runtime
 from analysis import quantize, read_metrics, report
-from analysis.plots import color, figure, fmt, in_registry_order, scale
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, scale
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint
 from configurator import ConfigError
+from normalizers.gates import GATES
 from train import TrainConfig
 
-# Set per run by the study, not by --key=value (wandb_tags may be given: the swept values are added to them).
+# Set per run by the study, not by --key=value (wandb_tags may be given: the study adds its tags to them).
 STUDY_KEYS = ("attn_norm", "seed", "out_dir", "wandb_run_name", "wandb_group")
+# Set per variant, by the study setting named here: a sweep of them would contradict the variants' names. Unlike
+# STUDY_KEYS, --key=value may set them, as the default for the whole study (see study_axes).
+VARIANT_KEYS = {"attn_gate": "--gates", "optimizer": "--optimizers"}
 # Settings that change neither what a run learns nor what the report shows of it: a run trained with other values
 # of these still counts as trained with the settings asked for. (attn_impl picks between exact paths of the same
 # function; train.py's resume ignores it too.) Every other setting must match, device and dtype included.
@@ -79,7 +93,8 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
                   "always_save_checkpoint", "max_nonfinite_steps", "wandb_log", "wandb_project", "wandb_run_name",
                   "wandb_group", "wandb_tags"}
 # Study settings a config file may hold, with what the command line calls them.
-STUDY_SETTINGS = {"study_norms": "--norms", "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs"}
+STUDY_SETTINGS = {"study_norms": "--norms", "study_gates": "--gates", "study_optimizers": "--optimizers",
+                  "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs"}
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
 QUANT_ARGS = ("max_tokens", "calib_batches")
@@ -94,14 +109,36 @@ def fmt_time(seconds):
 
 
 @dataclass(frozen=True)
-class Run:
+class Variant:
+    """What a study compares: an attn_norm with an output gate and an optimizer. name: the attn_norm, then the gate
+    and the optimizer where they differ from the study's own (see study_variants()), joined by '+'."""
     norm: str
+    gate: str
+    optimizer: str
+    name: str
+
+
+def study_variants(norms, gates, optimizers, study_gate):
+    """The study's variants, optimizer by optimizer: the norms in the registry's order with study_gate, the first of
+    them (the baseline) followed by itself with each of gates. The names leave out study_gate and the first
+    optimizer, so that a study without --gates and --optimizers names its runs by attn_norm alone."""
+    norms = in_registry_order(dict.fromkeys(norms))
+    pairs = [(norm, study_gate) for norm in norms]
+    pairs[1:1] = [(norms[0], gate) for gate in gates]
+    return [Variant(norm, gate, optimizer, "+".join(filter(None, [
+        norm, gate if gate != study_gate else "", optimizer if optimizer != optimizers[0] else ""])))
+        for optimizer in optimizers for norm, gate in pairs]
+
+
+@dataclass(frozen=True)
+class Run:
+    variant: Variant
     seed: int
     point: tuple = ()  # ((setting, value), ...): this run's values of the swept settings
 
     @property
     def label(self):
-        return "-".join([self.norm, *(f"{key}={value}" for key, value in self.point), f"s{self.seed}"])
+        return "-".join([self.variant.name, *(f"{key}={value}" for key, value in self.point), f"s{self.seed}"])
 
 
 def point_name(point):
@@ -132,14 +169,32 @@ def typed(cfg, key, value, source):
     return getattr(scratch, key)
 
 
+def listed(text, study, key, default):
+    """A study axis: the comma-separated command-line value, else the config file's study setting, else default."""
+    return text.split(",") if text else list(study.get(key, default))
+
+
 def study_axes(args, study, cfg, overrides):
-    """(norms, seeds, grid points) from the command line, else the config file's study settings, else defaults."""
-    norms = args.norms.split(",") if args.norms else study.get("study_norms", list(normalizers.NORMALIZERS))
+    """(variants, seeds, grid points) from the command line, else the config file's study settings, else defaults.
+    The variants' gate and first optimizer default to cfg's, so --attn_gate=... gates every variant; --optimizer=...
+    and --optimizers would contradict each other and are refused together."""
+    given = {o[2:].partition("=")[0] for o in overrides}
+    norms = listed(args.norms, study, "study_norms", normalizers.NORMALIZERS)
     for norm in norms:
         if norm not in normalizers.NORMALIZERS:
             raise ConfigError(f"unknown attn_norm {norm!r} in --norms; registered: {', '.join(normalizers.NORMALIZERS)}")
+    gates = list(dict.fromkeys(listed(args.gates, study, "study_gates", [])))
+    for gate in gates:
+        if gate not in GATES:
+            raise ConfigError(f"unknown attn_gate {gate!r} in --gates; registered: {', '.join(GATES)}")
+        if gate == cfg.attn_gate:
+            raise ConfigError(f"--gates {gate}: every variant already has attn_gate={gate}; list only other gates")
+    if "optimizer" in given and (args.optimizers or "study_optimizers" in study):
+        raise ConfigError("optimizer is both set (--optimizer=...) and studied (--optimizers or study_optimizers): "
+                          "give one of them, e.g. --optimizers muon")
+    optimizers = list(dict.fromkeys(listed(args.optimizers, study, "study_optimizers", [cfg.optimizer])))
     try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(study.get("study_seeds", [0, 1, 2]))
+        seeds = [int(s) for s in listed(args.seeds, study, "study_seeds", [0, 1, 2])]
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds}: give comma-separated integers, e.g. --seeds 0,1,2") from None
     if args.sweep:
@@ -151,24 +206,28 @@ def study_axes(args, study, cfg, overrides):
             sweep[key] = values.split(",")
     else:
         sweep, source = study.get("study_sweep", {}), args.config
-    given = {o[2:].partition("=")[0] for o in overrides}
     for key, values in sweep.items():
         if key in STUDY_KEYS:
             raise ConfigError(f"--sweep {key}: {key} is set by the study (--norms, --seeds, --name)")
+        if key in VARIANT_KEYS:
+            raise ConfigError(f"--sweep {key}: {key} is set per variant: list its values in {VARIANT_KEYS[key]}")
         if key in given:
             raise ConfigError(f"{key} is both set (--{key}=...) and swept (--sweep {key}=...): give one of them")
         sweep[key] = list(dict.fromkeys(typed(cfg, key, value, source) for value in values))
     points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
-    return norms, seeds, points
+    return study_variants(norms, gates, optimizers, cfg.attn_gate), seeds, points
 
 
 def run_config(cfg, run, run_dir):
     """The TrainConfig of one run: the study's settings with the run's own. In wandb, the runs of a study share a
-    group named after it; train.py tags each with its attn_norm, optimizer and seed, the study adds the swept
-    values."""
+    group named after it; train.py tags each with its attn_norm, optimizer and seed, the study adds its gate (unless
+    none) and its swept values."""
     cfg = copy.copy(cfg)
-    tags = ",".join(filter(None, [cfg.wandb_tags, *(f"{key}={value}" for key, value in run.point)]))
-    settings = {"attn_norm": run.norm, "seed": run.seed, "out_dir": str(run_dir), "always_save_checkpoint": True,
+    variant = run.variant
+    gate_tag = [f"attn_gate={variant.gate}"] if variant.gate != "none" else []
+    tags = ",".join(filter(None, [cfg.wandb_tags, *gate_tag, *(f"{key}={value}" for key, value in run.point)]))
+    settings = {"attn_norm": variant.norm, "attn_gate": variant.gate, "optimizer": variant.optimizer,
+                "seed": run.seed, "out_dir": str(run_dir), "always_save_checkpoint": True,
                 "wandb_run_name": run.label, "wandb_group": run_dir.parents[1].name, "wandb_tags": tags,
                 **dict(run.point)}  # the point's values typed by study_axes
     for key, value in settings.items():
@@ -446,12 +505,12 @@ def load_study_runs(run_dirs):
     return runs
 
 
-def group_by_norm(runs):
-    """{attn_norm: [(run, row)]} in the registry's order; row: report.summary() merged with eval.json."""
-    by_norm = {norm: [] for norm in in_registry_order({run["config"]["attn_norm"] for run in runs})}
-    for run in runs:
-        by_norm[run["config"]["attn_norm"]].append((run, {**report.summary(run), **run["eval_json"]}))
-    return by_norm
+def rows_by_variant(run_dirs):
+    """{variant: [(run, row)]} from {variant: [its runs' directories]}, the variants without runs left out; row:
+    report.summary() merged with eval.json."""
+    runs = {run["dir"]: run for run in load_study_runs([d for dirs in run_dirs.values() for d in dirs])}
+    return {variant: [(runs[d], {**report.summary(runs[d]), **runs[d]["eval_json"]}) for d in dirs]
+            for variant, dirs in run_dirs.items() if dirs}
 
 
 def values(rows, key):
@@ -462,11 +521,11 @@ def mean_std(x):
     return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
 
 
-def table(by_norm, metrics):
-    head = ["attn_norm", "seeds"] + [h for h, _ in metrics]
+def table(by_variant, metrics):
+    head = ["variant", "seeds"] + [h for h, _ in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for norm, rows in by_norm.items():
-        cells = [norm, str(len(rows))]
+    for variant, rows in by_variant.items():
+        cells = [variant.name, str(len(rows))]
         for _, key in metrics:
             m, s = mean_std(values(rows, key))
             cells.append(f"{fmt(m, 4)} ± {fmt(s, 2)}")
@@ -477,6 +536,8 @@ def table(by_norm, metrics):
 def welch(a, b, level=0.95):
     """mean(a) − mean(b), its confidence interval (Welch–Satterthwaite t interval) and Welch's t-test p-value;
     the interval and p-value are NaN where undefined (a single seed, or no variance at all)."""
+    from scipy import stats as scipy_stats  # here: its second of import time would slow every run's --evaluate
+
     diff = float(np.mean(a) - np.mean(b))
     if len(a) < 2 or len(b) < 2:
         return diff, math.nan, math.nan, math.nan
@@ -499,56 +560,70 @@ def holm(pvalues):
     return adjusted
 
 
-def noise_section(by_norm, metrics):
-    """Each attn_norm against the first (the baseline) on each metric: difference of means with its 95%
-    confidence interval, Welch's p-value and the Holm-corrected one over every comparison of the table."""
-    base, others = list(by_norm)[0], list(by_norm)[1:]
-    if not others:
-        return "Only one attn_norm: nothing to compare."
-    rows = [(heading, norm, *welch(values(by_norm[norm], key), values(by_norm[base], key)))
-            for heading, key in metrics for norm in others]
+def comparisons(variants):
+    """The study's two sets of (variant, reference) pairs. Against the baseline: every variant against the first
+    one's attn_norm and gate under the same optimizer. The optimizer's effect: every variant under a later
+    optimizer against itself under the first ([] with one optimizer)."""
+    by_settings = {(v.norm, v.gate, v.optimizer): v for v in variants}
+    first = variants[0]
+    against_baseline = [(v, by_settings[first.norm, first.gate, v.optimizer]) for v in variants
+                        if (v.norm, v.gate) != (first.norm, first.gate)]
+    optimizer_effect = [(v, by_settings[v.norm, v.gate, first.optimizer]) for v in variants
+                        if v.optimizer != first.optimizer]
+    return against_baseline, optimizer_effect
+
+
+def noise_section(by_variant, metrics, pairs, what):
+    """A table of comparisons, variant − reference for each pair of `pairs` with runs on both sides, on each metric:
+    the difference of means with its 95% confidence interval, Welch's p-value and the Holm-corrected one over every
+    comparison of the table. what: the sentence that says which comparisons these are."""
+    pairs = [(v, ref) for v, ref in pairs if v in by_variant and ref in by_variant]
+    if not pairs:
+        return "Nothing to compare: no variant has finished runs on both sides."
+    rows = [(heading, f"{v.name} − {ref.name}", *welch(values(by_variant[v], key), values(by_variant[ref], key)))
+            for heading, key in metrics for v, ref in pairs]
     adjusted = holm([row[-1] for row in rows])
     testable = int(np.isfinite(adjusted).sum())
-    lines = [f"Each attn_norm against **{base}** (the first registered normalizer in the study): the difference of "
-             f"the means over seeds with its 95% confidence interval (Welch–Satterthwaite t interval), the p-value "
-             f"of Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`) and that p-value corrected by "
-             f"Holm–Bonferroni over all {testable} comparisons of this table. **Bold**: corrected p < {ALPHA}, a "
-             f"difference beyond seed noise. With 2-3 seeds per attn_norm the interval is wide and only differences "
-             f"several times the seed-to-seed spread survive correction.", "",
-             "| metric | attn_norm | difference | 95% CI | p (Welch) | p (Holm) |", "|---|---|---|---|---|---|"]
+    lines = [f"{what} Each row: the difference of the means over seeds with its 95% confidence interval "
+             f"(Welch–Satterthwaite t interval), the p-value of Welch's t-test "
+             f"(`scipy.stats.ttest_ind(equal_var=False)`) and that p-value corrected by Holm–Bonferroni over all "
+             f"{testable} comparisons of this table. **Bold**: corrected p < {ALPHA}, a difference beyond seed noise. "
+             f"With 2-3 seeds per variant the interval is wide and only differences several times the seed-to-seed "
+             f"spread survive correction.", "",
+             "| metric | comparison | difference | 95% CI | p (Welch) | p (Holm) |", "|---|---|---|---|---|---|"]
     survivors = []
-    for (heading, norm, diff, low, high, p), p_holm in zip(rows, adjusted):
+    for (heading, name, diff, low, high, p), p_holm in zip(rows, adjusted):
         cells = [f"{diff:+.3g}", f"[{low:+.3g}, {high:+.3g}]" if math.isfinite(low) else "n/a",
                  f"{p:.2g}" if math.isfinite(p) else "n/a", f"{p_holm:.2g}" if math.isfinite(p_holm) else "n/a"]
         if p_holm < ALPHA:
             cells = [f"**{cell}**" for cell in cells]
-            survivors.append(f"{norm} {heading} {diff:+.3g}")
-        lines.append(f"| {heading} | {norm} | " + " | ".join(cells) + " |")
+            survivors.append(f"{name}: {heading} {diff:+.3g}")
+        lines.append(f"| {heading} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "Beyond seed noise after correction: " + ("; ".join(survivors) if survivors else "nothing") + "."]
     return "\n".join(lines)
 
 
 def sweep_section(sweep):
-    """The sweep table (attn_norm × grid point → stage 1's val loss), the point chosen per attn_norm, and a flag
-    where a numeric setting's chosen value is the grid's smallest or largest."""
+    """The sweep table (variant × grid point → stage 1's val loss), the point chosen per variant, and a flag where a
+    numeric setting's chosen value is the grid's smallest or largest."""
     points, losses, chosen = sweep["points"], sweep["losses"], sweep["chosen"]
     name = {point: point_name(point) for point in points}
-    lines = [f"Stage 1 trained every attn_norm at every grid point on seed {sweep['seed']}; the point with the lowest "
-             f"exact val loss (`analysis.perplexity`, the whole val split) was chosen per attn_norm (**bold**), "
-             f"and stage 2 trained the other seeds there. The tables above compare each attn_norm at its chosen "
-             f"point. The val split both chooses and scores, alike for every attn_norm.", "",
-             "| attn_norm | " + " | ".join(name[point] for point in points) + " |", "|" + "---|" * (len(points) + 1)]
-    for norm, by_point in losses.items():
-        cells = [("**{}**" if chosen.get(norm) == point else "{}").format(
+    lines = [f"Stage 1 trained every variant at every grid point on seed {sweep['seed']}; the point with the lowest "
+             f"exact val loss (`analysis.perplexity`, the whole val split) was chosen per variant (**bold**), "
+             f"and stage 2 trained the other seeds there. The tables above compare each variant at its chosen "
+             f"point. The val split both chooses and scores, alike for every variant.", "",
+             "| variant | " + " | ".join(name[point] for point in points) + " |", "|" + "---|" * (len(points) + 1)]
+    for variant, by_point in losses.items():
+        cells = [("**{}**" if chosen.get(variant) == point else "{}").format(
             fmt(loss, 4) if math.isfinite(loss) else "failed") for point, loss in by_point.items()]
-        lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
     lines.append("")
-    for norm in losses:
-        if norm not in chosen:
-            lines.append(f"- **{norm}**: every point failed; it is left out of the comparison.")
+    for variant in losses:
+        if variant not in chosen:
+            lines.append(f"- **{variant.name}**: every point failed; it is left out of the comparison.")
             continue
-        lines.append(f"- **{norm}**: {name[chosen[norm]]}.")
-        for key, value in chosen[norm]:
+        lines.append(f"- **{variant.name}**: {name[chosen[variant]]}.")
+        for key, value in chosen[variant]:
             grid = {v for point in points for k, v in point if k == key}
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid)
             if numeric and len(grid) > 1 and value in (min(grid), max(grid)):
@@ -570,81 +645,128 @@ def settings_lines(configs):
             f"- set per run: {', '.join(varying)}"]
 
 
-def fig_bars(by_norm, metrics, title):
-    """A panel per metric: a bar per attn_norm at the mean over seeds, ± std as error bar, a dot per seed."""
+# A variant's look in the plots, by its gate's place in GATES: a hatch for its bars, a dash for its lines.
+HATCHES = ("", "//", "\\\\", "xx", "..")
+DASHES = ("-", "--", "-.", ":")
+
+
+def style(variant, optimizers):
+    """Its normalizer's colour (plots.color), lighter for each optimizer after the first, and its gate's hatch and
+    dash."""
+    rgb = np.array(to_rgb(color(variant.norm)))
+    lighter = optimizers.index(variant.optimizer) / len(optimizers)
+    gate = list(GATES).index(variant.gate)
+    return {"color": tuple(rgb + (1 - rgb) * lighter), "hatch": HATCHES[gate % len(HATCHES)],
+            "linestyle": DASHES[gate % len(DASHES)]}
+
+
+def fig_bars(by_variant, styles, metrics, title):
+    """A panel per metric: a bar per variant at the mean over seeds, ± std as error bar, a dot per seed. The legend
+    names the bars: variant names are too long to fit under them."""
     ncols = min(4, len(metrics))
-    fig, axes = figure(0, math.ceil(len(metrics) / ncols), ncols, 2.6, 2.2, title)  # no legend: x labels
+    fig, axes = figure(len(by_variant), math.ceil(len(metrics) / ncols), ncols, 2.6, 2.2, title)
     for ax, (heading, key) in zip(axes.flat, metrics):
-        for x, (norm, rows) in enumerate(by_norm.items()):
+        for x, (variant, rows) in enumerate(by_variant.items()):
             v = values(rows, key)
             m, s = mean_std(v)
-            ax.bar(x, m, yerr=0 if math.isnan(s) else s, color=color(norm), alpha=0.6, capsize=4)
+            ax.bar(x, m, yerr=0 if math.isnan(s) else s, color=styles[variant]["color"],
+                   hatch=styles[variant]["hatch"], alpha=0.6, capsize=4, label=variant.name)
             ax.plot(np.full(len(v), x), v, "o", color="k", ms=3)
-        ax.set_xticks(range(len(by_norm)), list(by_norm), fontsize=8, rotation=30)
+        ax.set_xticks([])
         ax.set_title(heading.replace("\\", ""), fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center",
+               ncol=min(len(by_variant), LEGEND_COLUMNS), frameon=False, fontsize=8)
     return fig
 
 
-def fig_layers(by_norm, group):
+def fig_layers(by_variant, styles, group, title):
     """group at the last eval against the layer, a panel per activation point or matrix: mean over seeds per
-    attn_norm, the band ± std."""
-    runs = [run for rows in by_norm.values() for run, _ in rows]
+    variant, the band ± std."""
+    runs = [run for rows in by_variant.values() for run, _ in rows]
     parts, _ = report.layout(runs, group)  # the embeddings (wte, wpe) have no layer axis: left out here
     ncols = min(3, len(parts))
-    fig, axes = figure(len(by_norm), math.ceil(len(parts) / ncols), ncols, 3.0, 2.3,
-                       f"Per layer, mean ± std over seeds: {report.DESCRIPTIONS[group]}")
+    fig, axes = figure(len(by_variant), math.ceil(len(parts) / ncols), ncols, 3.0, 2.3, title)
     for ax, (part, by_layer) in zip(axes.flat, parts.items()):
         layers = sorted(by_layer)
-        for norm, rows in by_norm.items():
+        for variant, rows in by_variant.items():
+            look = styles[variant]
             v = np.array([[report.final(run, f"{group}/{by_layer[i]}") for i in layers] for run, _ in rows])
             m, s = v.mean(0), v.std(0, ddof=1) if len(v) > 1 else np.zeros(len(layers))
-            ax.plot(layers, m, marker="o", ms=3, color=color(norm), label=norm)
-            ax.fill_between(layers, m - s, m + s, color=color(norm), alpha=0.2)
+            ax.plot(layers, m, marker="o", ms=3, color=look["color"], linestyle=look["linestyle"], label=variant.name)
+            ax.fill_between(layers, m - s, m + s, color=look["color"], alpha=0.2)
         scale(ax, [y for line in ax.lines for y in line.get_ydata()])
         ax.set(title=part or report.SHORT[group], xticks=layers, xlabel="layer")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(parts):]:
         ax.axis("off")
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=len(by_norm), frameon=False)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center",
+               ncol=min(len(by_variant), LEGEND_COLUMNS), frameon=False)
     return fig
 
 
-def write_study_report(study_dir, run_dirs, header, sweep=None):
-    """study_dir/report.md with its PNGs, and per_run/report.md (analysis.report) for the runs one by one."""
-    runs = load_study_runs(run_dirs)
-    by_norm = group_by_norm(runs)
+def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
+    """study_dir/report.md with its PNGs, and per_run/report.md (analysis.report) for the runs one by one.
+    variants: the study's, in order (the first is the baseline); run_dirs: {variant: [its finished runs]}."""
+    by_variant = rows_by_variant(run_dirs)
+    runs = [run for rows in by_variant.values() for run, _ in rows]
+    first, optimizers = variants[0], list(dict.fromkeys(v.optimizer for v in variants))
+    styles = {variant: style(variant, optimizers) for variant in variants}
+    against_baseline, optimizer_effect = comparisons(variants)
     cfg = runs[0]["config"]
     seeds = sorted({run["config"]["seed"] for run in runs})
     ev = runs[0]["eval_json"]
     batch = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
+    names = ("" if all(v.name == v.norm for v in by_variant) else
+             f" A variant's name is its attn_norm, then its attn_gate and optimizer where they differ from "
+             f"attn_gate={first.gate} and optimizer={first.optimizer}.")
     lines = [f"# attnorm study: {study_dir.name}", "", *header, *settings_lines([run["config"] for run in runs]), "",
-             f"{len(runs)} runs: attn_norm ∈ {{{', '.join(by_norm)}}} × seed ∈ {{{', '.join(map(str, seeds))}}}; "
-             f"{cfg['dataset']}, {cfg['n_layer']} layers × {cfg['n_embd']} wide, {cfg['n_head']} heads, block "
-             f"{cfg['block_size']}, batch {batch}, {cfg['max_iters']} iterations "
+             f"{len(runs)} runs: variant ∈ {{{', '.join(v.name for v in by_variant)}}} × seed ∈ "
+             f"{{{', '.join(map(str, seeds))}}}; {cfg['dataset']}, {cfg['n_layer']} layers × {cfg['n_embd']} wide, "
+             f"{cfg['n_head']} heads, block {cfg['block_size']}, batch {batch}, {cfg['max_iters']} iterations "
              f"({cfg['max_iters'] * batch * cfg['block_size']:,} tokens) per run. Runs: "
-             f"`{study_dir}/runs/<attn_norm>-s<seed>/`.", ""]
+             f"`{study_dir}/runs/<variant>-s<seed>/`.{names}", ""]
     if sweep:
         lines += ["## Sweep", "", sweep_section(sweep), ""]
+    metrics = MODEL_METRICS + QUANT_METRICS
+    baselines = ", ".join(f"**{v.name}** under {v.optimizer}" for v in variants
+                          if (v.norm, v.gate) == (first.norm, first.gate))
     lines += ["## Mean ± std over seeds", "",
               "At the end of training (std: sample std over seeds). *val PPL*: exact, over the whole val split "
               "(`analysis.perplexity`). Kurtosis (three definitions, see `analysis/stats.py`) and *sink* (mean "
               "attention weight on token 0): mean over layers and activation points/matrices; *max |act|*: the "
-              "largest over all of them; on train.py's probe batch.", "", table(by_norm, MODEL_METRICS), "",
+              "largest over all of them; on train.py's probe batch.", "", table(by_variant, MODEL_METRICS), "",
               f"Post-training quantization (`analysis.quantize`): PPL over the first {ev['quant_tokens']:,} val "
               f"tokens, fp and the PPL lost (ΔPPL = PPL quantized − PPL fp) to int8 weights per tensor or per "
               f"channel with int8 activations calibrated by min-max or the {ev['quant_percentile']}th percentile on "
               f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
               f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so "
-              f"the embedding reads the quantized matrix too.", "", table(by_norm, QUANT_METRICS), "",
-              "## Which differences exceed seed noise", "", noise_section(by_norm, MODEL_METRICS + QUANT_METRICS), "",
-              "## Plots", ""]
-    figures = [("bars_model.png", fig_bars(by_norm, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
-               ("bars_quantization.png", fig_bars(by_norm, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
-    figures += [(f"layers_{group}.png", fig_layers(by_norm, group)) for group in LAYER_GROUPS]
+              f"the embedding reads the quantized matrix too.", "", table(by_variant, QUANT_METRICS), "",
+              "## Which differences exceed seed noise", "",
+              noise_section(by_variant, metrics, against_baseline,
+                            f"Each variant against the baseline with the same optimizer ({baselines}: the first "
+                            f"registered normalizer in the study, with attn_gate={first.gate})."), ""]
+    if optimizer_effect:
+        lines += ["## The optimizer's effect", "",
+                  noise_section(by_variant, metrics, optimizer_effect,
+                                f"The optimizer as a control: each variant under {', '.join(optimizers[1:])} against "
+                                f"itself under {first.optimizer}."), ""]
+    lines += ["## Plots", ""]
+    figures = [("bars_model.png", fig_bars(by_variant, styles, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
+               ("bars_quantization.png",
+                fig_bars(by_variant, styles, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
+    for optimizer in optimizers:  # a figure per optimizer: every variant in one would be too many lines
+        subset = {v: rows for v, rows in by_variant.items() if v.optimizer == optimizer}
+        if not subset:
+            continue
+        suffix = "" if optimizer == first.optimizer else f"-{optimizer}"
+        under = f" ({optimizer})" if len(optimizers) > 1 else ""
+        figures += [(f"layers_{group}{suffix}.png", fig_layers(
+            subset, styles, group, f"Per layer, mean ± std over seeds{under}: {report.DESCRIPTIONS[group]}"))
+            for group in LAYER_GROUPS]
     for filename, fig in figures:
         fig.savefig(study_dir / filename, dpi=80)
         lines += [f"![{filename}]({filename})", ""]
@@ -663,13 +785,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False,  # --seed=1 is train.py's key, not short for --seeds
-                                usage="%(prog)s CONFIG [--norms A,B] [--seeds 0,1] [--sweep key=a,b] [--name NAME] "
-                                      "[--rerun] [--key=value ...]")
+                                usage="%(prog)s CONFIG [--norms A,B] [--gates G,H] [--optimizers adamw,muon] "
+                                      "[--seeds 0,1] [--sweep key=a,b] [--name NAME] [--rerun] [--key=value ...]")
     p.add_argument("config", nargs="?", help="a train.py config file, e.g. config/study_cpu.py")
     p.add_argument("--norms", help="comma-separated attn_norms (default: every registered normalizer)")
+    p.add_argument("--gates", help="comma-separated attn_gates, each one more variant: the baseline (the first "
+                                   "attn_norm) with that gate (default: none)")
+    p.add_argument("--optimizers", help="comma-separated optimizers, each variant trained with each (default: the "
+                                        "config's optimizer)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--sweep", action="append", metavar="KEY=A,B,...",
-                   help="a train.py setting to tune per attn_norm on the first seed; repeat for a grid")
+                   help="a train.py setting to tune per variant on the first seed; repeat for a grid")
     p.add_argument("--name", help="study/<name>/ (default: the config file's name)")
     p.add_argument("--study_root", default="study", help="where studies live (default: study)")
     p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, or one per CPU core)")
@@ -693,13 +819,13 @@ def main(argv=None):
     study_dir = Path(args.study_root) / (args.name or Path(args.config).stem)
     try:
         base, study = load_settings(args.config, overrides)
-        norms, seeds, points = study_axes(args, study, base, overrides)
+        variants, seeds, points = study_axes(args, study, base, overrides)
         args.jobs = args.jobs if args.jobs is not None else study.get("study_jobs")
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
         # Every run the study may train (stage 2 trains a subset of the grid's later seeds), checked up front.
         configs = {run: run_config(base, run, study_dir / "runs" / run.label)
-                   for run in (Run(n, s, point) for n in norms for point in points for s in seeds)}
+                   for run in (Run(v, s, point) for v in variants for point in points for s in seeds)}
         stale = {run: changed for run, cfg in configs.items()
                  if (changed := changed_settings(study_dir / "runs" / run.label, cfg))}
     except (ConfigError, CheckpointError) as e:
@@ -717,24 +843,24 @@ def main(argv=None):
 
     sweep = None
     if len(points) == 1:  # nothing to choose: every run at once
-        chosen = {norm: points[0] for norm in norms}
+        chosen = {variant: points[0] for variant in variants}
         failed = execute(list(configs), configs, study_dir, args, "")
     else:
-        stage1 = [Run(n, seeds[0], point) for n in norms for point in points]
+        stage1 = [Run(v, seeds[0], point) for v in variants for point in points]
         failed = execute(stage1, configs, study_dir, args, "stage 1 (sweep): ")
-        losses = {n: {point: math.nan if Run(n, seeds[0], point).label in failed else read_json(
-            study_dir / "runs" / Run(n, seeds[0], point).label / "eval.json").get("val_loss", math.nan)
-            for point in points} for n in norms}
-        chosen = {n: min((p for p in points if math.isfinite(by_point[p])), key=by_point.get)
-                  for n, by_point in losses.items() if any(map(math.isfinite, by_point.values()))}
+        losses = {v: {point: math.nan if Run(v, seeds[0], point).label in failed else read_json(
+            study_dir / "runs" / Run(v, seeds[0], point).label / "eval.json").get("val_loss", math.nan)
+            for point in points} for v in variants}
+        chosen = {v: min((p for p in points if math.isfinite(by_point[p])), key=by_point.get)
+                  for v, by_point in losses.items() if any(map(math.isfinite, by_point.values()))}
         sweep = {"seed": seeds[0], "points": points, "losses": losses, "chosen": chosen}
-        for norm, point in chosen.items():
-            print(f"sweep: {norm} at {point_name(point)}")
-        stage2 = [Run(n, s, point) for n, point in chosen.items() for s in seeds[1:]]
+        for variant, point in chosen.items():
+            print(f"sweep: {variant.name} at {point_name(point)}")
+        stage2 = [Run(v, s, point) for v, point in chosen.items() for s in seeds[1:]]
         failed += execute(stage2, configs, study_dir, args, "stage 2: ") if stage2 else []
-    shown = [Run(n, s, chosen[n]) for n in norms if n in chosen for s in seeds]
-    finished = [study_dir / "runs" / run.label for run in shown if run.label not in failed]
-    if finished:
+    finished = {v: [study_dir / "runs" / run.label for run in (Run(v, s, chosen[v]) for s in seeds)
+                    if run.label not in failed] for v in variants if v in chosen}
+    if any(finished.values()):
         envs = worker_envs(base.device, args.jobs, len(configs))
         threads = f", OMP_NUM_THREADS={envs[0]['OMP_NUM_THREADS']} each" if "OMP_NUM_THREADS" in envs[0] else ""
         header = [f"- command: `./run_study.sh {shlex.join(argv)}`",
@@ -742,7 +868,7 @@ def main(argv=None):
                   f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                   f"- wall time: {fmt_time(time.time() - t0)} for this invocation (runs already finished were "
                   f"skipped; data preparation included, this report not)"]
-        path = write_study_report(study_dir, finished, header, sweep)
+        path = write_study_report(study_dir, variants, finished, header, sweep)
         print(f"\nreport: {path}\nplots:  {study_dir}/*.png and {study_dir}/per_run/*.png\n"
               f"total time {fmt_time(time.time() - t0)}")
     if failed:

@@ -1,12 +1,17 @@
-# The full CPU study: ./run_study.sh config/study_cpu_full.py trains every registered normalizer on the quick study's
-# model and schedule (config/study_cpu.py), tunes the learning rate per normalizer, and trains 3 seeds at each one's
-# choice. Stage 1: every normalizer x learning rate on seed 0 (12 runs with 4 normalizers); stage 2: seeds 1, 2 at
-# the chosen rate (8 runs): about 20 runs' worth, ~20 min on 2 cores by the quick study's ~1 min per run and core.
-# The grid spans 4x around the quick study's 2e-3 (tuned on softmax only); a choice at its edge is flagged in the
-# report, then widen it here. The optimizer: AdamW (train.py's default). Comparing optimizers per normalizer is one
-# more sweep entry, "optimizer": ["adamw", "muon"] (the study picks per normalizer the better one; for the optimizer
-# as a control on every normalizer, run this study once per optimizer with --optimizer=... and --name).
+# The full CPU study: ./run_study.sh config/study_cpu_full.py trains, on the quick study's model and schedule
+# (config/study_cpu.py), every registered normalizer and each output gate (attn_gate) on softmax, the baseline, each
+# of them with AdamW and with Muon (the optimizer as a control); it tunes the learning rate per variant and trains 3
+# seeds at each one's choice. With the registry of 10 normalizers and 3 gates besides none: 13 variants x 2
+# optimizers = 26 variants. Stage 1: every variant x learning rate on seed 0 (26 x 3 = 78 runs); stage 2: seeds 1, 2
+# at the chosen rate (26 x 2 = 52 runs): 130 runs. Its wall time has not been measured; per run: see the report's
+# wall time.
+# The report compares each variant with softmax under the same optimizer, and each variant under Muon with itself
+# under AdamW. A learning rate chosen at the edge of the grid is flagged in the report: then widen the grid here.
 from config.study_cpu import *
+from normalizers.gates import GATES as _GATES  # _: not a setting
 
+# study_norms unset: every registered normalizer
+study_gates = [gate for gate in _GATES if gate != "none"]
+study_optimizers = ["adamw", "muon"]
 study_seeds = [0, 1, 2]
 study_sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}

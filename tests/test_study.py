@@ -1,5 +1,6 @@
-"""analysis/study.py and run_study.sh: tiny studies end to end (a re-run, changed settings, --rerun, a sweep, wandb
-offline), the statistics against hand-computed cases, the study settings of config files."""
+"""analysis/study.py and run_study.sh: tiny studies end to end (a re-run, changed settings, --rerun, a sweep, gates
+and optimizers, wandb offline), the variants and their names, the statistics against hand-computed cases, the study
+settings of config files."""
 import argparse
 import json
 import math
@@ -15,8 +16,10 @@ import scipy.stats
 import prepare_data
 from analysis import study
 from analysis.plots import fmt
+from checkpoint import load_checkpoint
 from configurator import ConfigError
 from normalizers import NORMALIZERS
+from normalizers.gates import GATES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import wandb_run_contents  # noqa: E402
@@ -25,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--max_iters=20",
         "--lr_decay_iters=20", "--warmup_iters=5", "--eval_interval=10", "--eval_iters=2", "--log_interval=10",
-        "--log_stats=False", "--max_tokens=512", "--calib_batches=2"]  # no stats in training: the study's own
+        "--log_stats=False", "--max_tokens=64", "--calib_batches=2"]  # no stats in training: the study's own
 
 
 def run_study(root, *args, ok=True, env=None, cwd=None):
@@ -40,12 +43,12 @@ def run_study(root, *args, ok=True, env=None, cwd=None):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A directory with data/shakespeare_char whose val split is cut to 4000 tokens: exact perplexity over all of
+    """A directory with data/shakespeare_char whose val split is cut to 1000 tokens: exact perplexity over all of
     it takes a moment."""
     root = tmp_path_factory.mktemp("work")
     data = prepare_data.prepare("shakespeare_char", out_dir=root / "data")
-    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 4000])  # uint16
-    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 4000}))
+    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 1000])  # uint16
+    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 1000}))
     return root
 
 
@@ -107,27 +110,30 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
     assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
 
 
-def test_sweep_picks_the_lowest_val_loss_per_normalizer_and_rerun_retrains(tmp_path, workdir):
+def test_sweep_picks_the_lowest_val_loss_per_variant_and_rerun_retrains(tmp_path, workdir):
     sweep = ["--norms", "softmax", "--name", "sweep", "--sweep", "learning_rate=1e-3,1e-2"]
-    out = run_study(tmp_path, *sweep, "--seeds", "0,1", cwd=workdir).stdout
+    out = run_study(tmp_path, *sweep, "--gates", "headwise", "--seeds", "0,1", cwd=workdir).stdout
     runs = tmp_path / "sweep" / "runs"
-    stage1 = {lr: json.loads((runs / f"softmax-learning_rate={lr}-s0" / "eval.json").read_text())["val_loss"]
-              for lr in ("0.001", "0.01")}
-    best = min(stage1, key=stage1.get)
-    assert f"sweep: softmax at learning_rate={best}" in out
-    assert sorted(p.name for p in runs.iterdir()) == sorted(
-        [f"softmax-learning_rate={lr}-s0" for lr in stage1] + [f"softmax-learning_rate={best}-s1"])
-    assert json.loads((runs / f"softmax-learning_rate={best}-s1" / "metrics.jsonl").read_text().splitlines()[0])[
-        "config"]["learning_rate"] == float(best)
     report = (tmp_path / "sweep" / "report.md").read_text()
-    row = next(line for line in report.splitlines() if line.startswith("| softmax | ") and "**" in line)
-    other = next(lr for lr in stage1 if lr != best)
-    assert f"**{fmt(stage1[best], 4)}**" in row and f" {fmt(stage1[other], 4)} " in row
+    names, chosen = [], {}
+    for variant in ("softmax", "softmax+headwise"):  # each variant picks its own learning rate
+        stage1 = {lr: json.loads((runs / f"{variant}-learning_rate={lr}-s0" / "eval.json").read_text())["val_loss"]
+                  for lr in ("0.001", "0.01")}
+        best = chosen[variant] = min(stage1, key=stage1.get)
+        assert f"sweep: {variant} at learning_rate={best}" in out
+        names += [f"{variant}-learning_rate={lr}-s0" for lr in stage1] + [f"{variant}-learning_rate={best}-s1"]
+        assert json.loads((runs / f"{variant}-learning_rate={best}-s1" / "metrics.jsonl").read_text().splitlines()[
+            0])["config"]["learning_rate"] == float(best)
+        row = next(line for line in report.splitlines() if line.startswith(f"| {variant} | ") and "**" in line)
+        other = next(lr for lr in stage1 if lr != best)
+        assert f"**{fmt(stage1[best], 4)}**" in row and f" {fmt(stage1[other], 4)} " in row
+        assert f"| {variant} | 2 |" in report  # the comparison: both seeds at the chosen rate
+    assert sorted(p.name for p in runs.iterdir()) == sorted(names)
     assert "At the edge of the grid" in report  # two values: the choice is always at an edge
-    assert "| softmax | 2 |" in report  # the comparison: both seeds at the chosen rate
 
     # --rerun deletes and retrains the runs asked for that were trained with other settings (seed 1 here), and
     # the report describes the runs it shows.
+    best = chosen["softmax"]
     sweep[-1] = f"learning_rate={best}"
     rerun = run_study(tmp_path, *sweep, "--seeds", "1", "--n_layer=2", "--rerun", cwd=workdir).stdout
     assert f"rerun softmax-learning_rate={best}-s1: deleted, it was trained with n_layer=1" in rerun
@@ -135,6 +141,49 @@ def test_sweep_picks_the_lowest_val_loss_per_normalizer_and_rerun_retrains(tmp_p
     assert json.loads(metrics[0])["config"]["n_layer"] == 2
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "--n_layer=2" in report and "n_layer=2 " in report and "2 layers" in report and "seed ∈ {1}" in report
+
+
+def comparison_row(report, section, metric, comparison):
+    """The cells after the comparison's name in a noise table of the report, under `## section`."""
+    text = report.split(f"## {section}\n")[1].split("\n## ")[0]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {metric} | {comparison} | "))
+    return [cell.strip("* ") for cell in row.strip("|").split(" | ")[2:]]
+
+
+def test_gates_and_optimizers_train_each_variant_and_compare_it_with_its_own_optimizer(tmp_path, workdir):
+    run_study(tmp_path, "--norms", "softmax1,softmax", "--gates", "headwise", "--optimizers", "adamw,muon",
+              "--seeds", "0,1", "--name", "variants", cwd=workdir)
+    runs = tmp_path / "variants" / "runs"
+    variants = {"softmax": ("softmax", "none", "adamw"), "softmax+headwise": ("softmax", "headwise", "adamw"),
+                "softmax1": ("softmax1", "none", "adamw"), "softmax+muon": ("softmax", "none", "muon"),
+                "softmax+headwise+muon": ("softmax", "headwise", "muon"), "softmax1+muon": ("softmax1", "none", "muon")}
+    assert sorted(p.name for p in runs.iterdir()) == sorted(f"{name}-s{seed}" for name in variants for seed in (0, 1))
+    ppl = {}
+    for name, settings in variants.items():
+        for seed in (0, 1):
+            config = load_checkpoint(runs / f"{name}-s{seed}")["config"]
+            assert (config["attn_norm"], config["attn_gate"], config["optimizer"], config["seed"]) == (*settings, seed)
+        ppl[name] = [json.loads((runs / f"{name}-s{seed}" / "eval.json").read_text())["val_ppl"] for seed in (0, 1)]
+
+    report = (tmp_path / "variants" / "report.md").read_text()
+    for name in variants:  # a row per variant in both mean ± std tables
+        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 2, name
+
+    def expect(a, b):
+        result = scipy.stats.ttest_ind(ppl[a], ppl[b], equal_var=False)
+        return [f"{np.mean(ppl[a]) - np.mean(ppl[b]):+.3g}", f"{result.pvalue:.2g}"]
+
+    # Against the baseline with the same optimizer: softmax1+muon against softmax+muon, not against softmax.
+    cells = comparison_row(report, "Which differences exceed seed noise", "val PPL", "softmax1+muon − softmax+muon")
+    assert [cells[0], cells[2]] == expect("softmax1+muon", "softmax+muon")
+    assert expect("softmax1+muon", "softmax+muon")[0] != expect("softmax1+muon", "softmax")[0]  # the check can tell
+    assert comparison_row(report, "Which differences exceed seed noise", "sink", "softmax+headwise − softmax")
+    assert "softmax1+muon − softmax |" not in report
+    # The optimizer's effect: each variant under muon against itself under adamw.
+    for name in ("softmax", "softmax+headwise", "softmax1"):
+        cells = comparison_row(report, "The optimizer's effect", "val PPL", f"{name}+muon − {name}")
+        assert [cells[0], cells[2]] == expect(f"{name}+muon", name)
+    assert {"layers_attn_sink.png", "layers_attn_sink-muon.png"} <= {p.name for p in (tmp_path / "variants").iterdir()}
 
 
 def test_holm_against_a_hand_computed_case():
@@ -160,37 +209,103 @@ def rows(*xs):
     return [(None, {"m": x, "n": x}) for x in xs]
 
 
+def variant(name):
+    return study.Variant(name, "none", "adamw", name)
+
+
 def test_noise_section_bolds_only_what_survives_holm():
     base, far, near = (1.00, 1.01, 0.99), (2.00, 2.01, 1.99), (1.02, 1.03, 1.025)
     p_near = scipy.stats.ttest_ind(near, base, equal_var=False).pvalue
     # 4 testable comparisons (far and near on 2 metrics each; "single" has one seed): near's two rank 3rd and 4th
     # by p, so Holm multiplies them by 2 and 1 and takes the running maximum: 2·p. Significant alone, not after.
     assert p_near < 0.05 < 2 * p_near
-    by_norm = {"softmax": rows(*base), "far": rows(*far), "near": rows(*near), "single": rows(5.0)}
-    text = study.noise_section(by_norm, [("metric m", "m"), ("metric n", "n")])
+    softmax, far_v, near_v, single, failed = map(variant, ["softmax", "far", "near", "single", "failed"])
+    by_variant = {softmax: rows(*base), far_v: rows(*far), near_v: rows(*near), single: rows(5.0)}
+    pairs = [(v, softmax) for v in (far_v, near_v, single, failed)]  # failed: no runs, left out
+    text = study.noise_section(by_variant, [("metric m", "m"), ("metric n", "n")], pairs, "Against softmax.")
     cells = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| metric")}
     # by hand: se = √(2·0.0001/3) = 0.00816, t(0.975, df 4) = 2.776: 1 ± 0.0227
-    assert "| **+1** | **[+0.977, +1.02]** |" in cells[("| metric m", "far")]
-    assert "**" not in cells[("| metric m", "near")]
-    assert cells[("| metric m", "near")].endswith(f"| {p_near:.2g} | {2 * p_near:.2g} |")
-    assert cells[("| metric m", "single")].endswith("| n/a | n/a | n/a |")  # one seed: no interval, no verdict
-    assert "over all 4 comparisons" in text and "far metric m +1" in text and "near metric" not in text
+    assert "| **+1** | **[+0.977, +1.02]** |" in cells[("| metric m", "far − softmax")]
+    assert "**" not in cells[("| metric m", "near − softmax")]
+    assert cells[("| metric m", "near − softmax")].endswith(f"| {p_near:.2g} | {2 * p_near:.2g} |")
+    assert cells[("| metric m", "single − softmax")].endswith("| n/a | n/a | n/a |")  # one seed: no verdict
+    assert len(cells) == 1 + 3 * 2 and text.startswith("Against softmax. ")  # the header; "failed" left out
+    assert "over all 4 comparisons" in text
+    assert "far − softmax: metric m +1" in text and "near − softmax:" not in text  # the survivors
 
 
-def axes(**kw):
-    args = argparse.Namespace(**{"norms": None, "seeds": None, "sweep": None, "config": "cfg.py", **kw})
-    return study.study_axes(args, {}, study.TrainConfig(), [])
+def test_variants_have_unique_names_that_show_what_differs_from_the_study():
+    gates = [gate for gate in GATES if gate != "none"]
+    variants = study.study_variants(list(NORMALIZERS), gates, ["adamw", "muon"], "none")
+    assert len(variants) == (len(NORMALIZERS) + len(gates)) * 2  # each gate on the baseline, both optimizers
+    assert len({v.name for v in variants}) == len(variants)
+    assert len({(v.norm, v.gate, v.optimizer) for v in variants}) == len(variants)
+    for v in variants:  # the name parses back: attn_norm, then the gate unless none, the optimizer unless the first
+        norm, *rest = v.name.split("+")
+        shown = [v.gate] * (v.gate != "none") + [v.optimizer] * (v.optimizer != "adamw")
+        assert (norm, rest) == (v.norm, shown)
+    names = [v.name for v in variants]
+    assert names[:len(gates) + 2] == ["softmax", *(f"softmax+{g}" for g in gates), list(NORMALIZERS)[1]]
+    assert {"sink+muon", "softmax+headwise+muon"} <= set(names)
+    # One optimizer, no gates: the names are the attn_norms (registry order), as run directories were always named.
+    plain = study.study_variants(["symax", "softmax"], [], ["muon"], "none")
+    assert [(v.name, v.optimizer) for v in plain] == [("softmax", "muon"), ("symax", "muon")]
+    assert study.Run(plain[1], 2, (("learning_rate", 0.001),)).label == "symax-learning_rate=0.001-s2"
+    # The baselines: per optimizer; the optimizer's effect: each variant against itself under the first optimizer.
+    against_baseline, optimizer_effect = study.comparisons(study.study_variants(
+        ["softmax", "sink"], ["headwise"], ["adamw", "muon"], "none"))
+    assert [(v.name, ref.name) for v, ref in against_baseline] == [
+        ("softmax+headwise", "softmax"), ("sink", "softmax"),
+        ("softmax+headwise+muon", "softmax+muon"), ("sink+muon", "softmax+muon")]
+    assert [(v.name, ref.name) for v, ref in optimizer_effect] == [
+        ("softmax+muon", "softmax"), ("softmax+headwise+muon", "softmax+headwise"), ("sink+muon", "sink")]
+
+
+def test_run_config_sets_the_variant_and_tags_its_gate(tmp_path):
+    cfg = study.TrainConfig(device="cpu", dtype="float32", wandb_tags="mine")
+    plain, gated = study.study_variants(["softmax"], ["headwise"], ["adamw", "muon"], "none")[2:]
+    run = study.Run(gated, 1, (("learning_rate", 0.001),))
+    run_cfg = study.run_config(cfg, run, tmp_path / "study" / "runs" / run.label)
+    assert (run_cfg.attn_norm, run_cfg.attn_gate, run_cfg.optimizer, run_cfg.seed) == ("softmax", "headwise", "muon", 1)
+    assert run_cfg.wandb_tags == "mine,attn_gate=headwise,learning_rate=0.001"  # train.py adds norm, optimizer, seed
+    assert run_cfg.wandb_run_name == "softmax+headwise+muon-learning_rate=0.001-s1" and run_cfg.wandb_group == "study"
+    assert study.run_config(cfg, study.Run(plain, 0), tmp_path / "study" / "runs" / "x").wandb_tags == "mine"
+
+
+def axes(settings=None, overrides=(), **kw):
+    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "seeds": None, "sweep": None,
+                                 "config": "cfg.py", **kw})
+    cfg = study.TrainConfig()
+    for override in overrides:
+        key, _, value = override[2:].partition("=")
+        study.configurator.set_key(cfg, key, value, "the command line")
+    return study.study_axes(args, settings or {}, cfg, list(overrides))
 
 
 def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
-    norms, seeds, points = axes()
-    assert norms == list(NORMALIZERS) and seeds == [0, 1, 2] and points == [()]
+    variants, seeds, points = axes()
+    assert [v.name for v in variants] == list(NORMALIZERS) and seeds == [0, 1, 2] and points == [()]
+    assert {(v.gate, v.optimizer) for v in variants} == {("none", "adamw")}
     _, _, points = axes(sweep=["learning_rate=1e-3,2e-3", "n_layer=2,3"])
     assert points == [(("learning_rate", 0.001), ("n_layer", 2)), (("learning_rate", 0.001), ("n_layer", 3)),
                       (("learning_rate", 0.002), ("n_layer", 2)), (("learning_rate", 0.002), ("n_layer", 3))]
-    assert study.Run("softmax", 1, points[1]).label == "softmax-learning_rate=0.001-n_layer=3-s1"
+    assert study.Run(variants[0], 1, points[1]).label == "softmax-learning_rate=0.001-n_layer=3-s1"
+    # Gates and optimizers from the command line, else the config file's study settings, else the config's own.
+    variants, _, _ = axes(norms="symax,softmax", gates="headwise", optimizers="adamw,muon")
+    assert [v.name for v in variants] == ["softmax", "softmax+headwise", "symax", "softmax+muon",
+                                          "softmax+headwise+muon", "symax+muon"]
+    variants, _, _ = axes({"study_norms": ["softmax"], "study_gates": ["elementwise"], "study_optimizers": ["muon"]})
+    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax", "none", "muon"),
+                                                                  ("softmax+elementwise", "elementwise", "muon")]
+    variants, _, _ = axes(norms="softmax", gates="none", overrides=["--attn_gate=headwise", "--optimizer=muon"])
+    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax", "headwise", "muon"),
+                                                                  ("softmax+none", "none", "muon")]
     for bad, words in [(dict(sweep=["n_layer=2,x"]), "n_layer"), (dict(sweep=["seed=1,2"]), "set by the study"),
-                       (dict(norms="softmax,nope"), "unknown attn_norm 'nope'"), (dict(seeds="0,a"), "--seeds")]:
+                       (dict(norms="softmax,nope"), "unknown attn_norm 'nope'"), (dict(seeds="0,a"), "--seeds"),
+                       (dict(gates="nope"), "unknown attn_gate 'nope'"), (dict(gates="none"), "already has"),
+                       (dict(sweep=["optimizer=adamw,muon"]), "--optimizers"),
+                       (dict(sweep=["attn_gate=none,headwise"]), "--gates"),
+                       (dict(optimizers="muon", overrides=["--optimizer=adamw"]), "both set")]:
         with pytest.raises(ConfigError, match=words):
             axes(**bad)
 
@@ -198,9 +313,18 @@ def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
 def test_config_files_hold_study_settings(tmp_path):
     cfg, settings = study.load_settings("config/study_cpu_full.py", ["--max_iters=7"])
     assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3]} and settings["study_seeds"] == [0, 1, 2]
-    assert (cfg.n_layer, cfg.max_iters) == (4, 7)  # the quick study's model, the override applied
+    quick, _ = study.load_settings("config/study_cpu.py", [])
+    assert (cfg.n_layer, cfg.n_embd, cfg.max_iters) == (quick.n_layer, quick.n_embd, 7)  # its model, the override
+    variants, seeds, points = axes(settings)
+    # every registered normalizer, each gate on softmax, both optimizers (the numbers its comment gives)
+    assert len(variants) == (len(NORMALIZERS) + len(GATES) - 1) * 2 == 26
+    assert {v.norm for v in variants} == set(NORMALIZERS) and {v.optimizer for v in variants} == {"adamw", "muon"}
+    assert {v.gate for v in variants if v.norm == "softmax"} == set(GATES)
+    assert (len(variants) * len(points), len(variants) * (len(seeds) - 1)) == (78, 52)  # stage 1, stage 2
     cfg, settings = study.load_settings("config/study_gpu.py", [])
     assert (cfg.n_layer, cfg.n_embd, cfg.block_size, settings["study_seeds"]) == (6, 384, 256, [0, 1, 2])
+    variants, seeds, points = axes(settings)
+    assert len(variants) * len(seeds) * len(points) == 3 * len(NORMALIZERS) == 30
     bad = tmp_path / "bad.py"
     bad.write_text("n_layer = 2\nstudy_seed = [0]\n")
     with pytest.raises(ConfigError, match="unknown study setting study_seed"):
