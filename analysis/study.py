@@ -94,7 +94,8 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
                   "wandb_group", "wandb_tags"}
 # Study settings a config file may hold, with what the command line calls them.
 STUDY_SETTINGS = {"study_norms": "--norms", "study_gates": "--gates", "study_optimizers": "--optimizers",
-                  "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs"}
+                  "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs",
+                  "study_settings": "(config file only)"}
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
 QUANT_ARGS = ("max_tokens", "calib_batches")
@@ -116,6 +117,7 @@ class Variant:
     gate: str
     optimizer: str
     name: str
+    settings: tuple = ()  # ((setting, value), ...): this variant's own values (study_settings), e.g. a tuned rate
 
 
 def study_variants(norms, gates, optimizers, study_gate):
@@ -215,7 +217,32 @@ def study_axes(args, study, cfg, overrides):
             raise ConfigError(f"{key} is both set (--{key}=...) and swept (--sweep {key}=...): give one of them")
         sweep[key] = list(dict.fromkeys(typed(cfg, key, value, source) for value in values))
     points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
-    return study_variants(norms, gates, optimizers, cfg.attn_gate), seeds, points
+    variants = study_variants(norms, gates, optimizers, cfg.attn_gate)
+    return with_own_settings(variants, study.get("study_settings", {}), cfg, given | set(sweep), args.config), \
+        seeds, points
+
+
+def with_own_settings(variants, own, cfg, taken, source):
+    """The variants with their own settings from study_settings = {variant name: {setting: value}}: what a sweep
+    chose for each (a quick study keeps its full study's tuned learning rates this way). A setting cannot be both
+    a variant's own and swept or set for all (--key=value)."""
+    if not isinstance(own, dict) or not all(isinstance(settings, dict) for settings in own.values()):
+        raise ConfigError(f"study_settings in {source} must be a dict {{variant name: {{setting: value}}}}")
+    names = [v.name for v in variants]
+    unknown = [name for name in own if name not in names]
+    if unknown:
+        raise ConfigError(f"study_settings names {', '.join(map(repr, unknown))}, not a variant of this study; "
+                          f"its variants: {', '.join(names)}")
+    typed_own = {}
+    for name, settings in own.items():
+        for key, value in settings.items():
+            if key in STUDY_KEYS or key in VARIANT_KEYS:
+                raise ConfigError(f"study_settings[{name!r}] sets {key}, which the study sets itself")
+            if key in taken:
+                raise ConfigError(f"{key} is both set per variant (study_settings) and swept or given as --{key}=...: "
+                                  f"give one of them")
+            typed_own.setdefault(name, []).append((key, typed(cfg, key, value, source)))
+    return [dataclasses.replace(v, settings=tuple(typed_own.get(v.name, ()))) for v in variants]
 
 
 def run_config(cfg, run, run_dir):
@@ -229,7 +256,7 @@ def run_config(cfg, run, run_dir):
     settings = {"attn_norm": variant.norm, "attn_gate": variant.gate, "optimizer": variant.optimizer,
                 "seed": run.seed, "out_dir": str(run_dir), "always_save_checkpoint": True,
                 "wandb_run_name": run.label, "wandb_group": run_dir.parents[1].name, "wandb_tags": tags,
-                **dict(run.point)}  # the point's values typed by study_axes
+                **dict(variant.settings), **dict(run.point)}  # both typed by study_axes
     for key, value in settings.items():
         setattr(cfg, key, value)
     cfg.validate()
@@ -868,6 +895,8 @@ def main(argv=None):
                   f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                   f"- wall time: {fmt_time(time.time() - t0)} for this invocation (runs already finished were "
                   f"skipped; data preparation included, this report not)"]
+        own = [f"{v.name}: {point_name(v.settings)}" for v in variants if v.settings]
+        header += [f"- each variant's own settings (study_settings in the config file): {'; '.join(own)}"] if own else []
         path = write_study_report(study_dir, variants, finished, header, sweep)
         print(f"\nreport: {path}\nplots:  {study_dir}/*.png and {study_dir}/per_run/*.png\n"
               f"total time {fmt_time(time.time() - t0)}")

@@ -2,11 +2,13 @@
 # (config/study_cpu.py), every registered normalizer and each output gate (attn_gate) on softmax, the baseline, each
 # of them with AdamW and with Muon (the optimizer as a control); it tunes the learning rate per variant and trains 3
 # seeds at each one's choice. With the registry of 10 normalizers and 3 gates besides none: 13 variants x 2
-# optimizers = 26 variants. Stage 1: every variant x learning rate on seed 0 (26 x 3 = 78 runs); stage 2: seeds 1, 2
-# at the chosen rate (26 x 2 = 52 runs): 130 runs. Its wall time has not been measured; per run: see the report's
+# optimizers = 26 variants. Stage 1: every variant x learning rate on seed 0 (26 x 5 = 130 runs); stage 2: seeds 1,
+# 2 at the chosen rate (26 x 2 = 52 runs): 182 runs. Its wall time has not been measured; per run: see the report's
 # wall time.
 # The report compares each variant with softmax under the same optimizer, and each variant under Muon with itself
 # under AdamW. A learning rate chosen at the edge of the grid is flagged in the report: then widen the grid here.
+# The grid: a first one, 2e-3 to 8e-3, put softmax, softmax1 and symax at its top and diff and softpick at its bottom;
+# hence 1e-3 to 1.6e-2.
 from config.study_cpu import *
 from normalizers.gates import GATES as _GATES  # _: not a setting
 
@@ -14,4 +16,5 @@ from normalizers.gates import GATES as _GATES  # _: not a setting
 study_gates = [gate for gate in _GATES if gate != "none"]
 study_optimizers = ["adamw", "muon"]
 study_seeds = [0, 1, 2]
-study_sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}
+study_sweep = {"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]}
+study_settings = {}  # the quick study's per-variant rates come from this study's sweep: not inherited

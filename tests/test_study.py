@@ -310,9 +310,30 @@ def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
             axes(**bad)
 
 
+def test_each_variant_may_keep_its_own_settings():
+    own = {"study_norms": ["softmax", "symax"], "study_optimizers": ["adamw", "muon"],
+           "study_settings": {"symax": {"learning_rate": 8e-3}, "softmax+muon": {"learning_rate": 2e-3}}}
+    variants, _, _ = axes(own)
+    assert {v.name: v.settings for v in variants} == {"softmax": (), "symax": (("learning_rate", 0.008),),
+                                                      "softmax+muon": (("learning_rate", 0.002),), "symax+muon": ()}
+    cfg = study.TrainConfig(device="cpu", dtype="float32")
+    symax = next(v for v in variants if v.name == "symax")
+    assert study.run_config(cfg, study.Run(symax, 2), Path("study/x/runs/symax-s2")).learning_rate == 0.008
+    assert study.run_config(cfg, study.Run(variants[0], 2), Path("study/x/runs/a")).learning_rate == cfg.learning_rate
+    for settings, kw, words in [({"diff": {"learning_rate": 1e-3}}, {}, "not a variant of this study"),
+                                ({"symax": {"learning_rate": 1e-3}}, {"sweep": ["learning_rate=1e-3,2e-3"]}, "both"),
+                                ({"symax": {"learning_rate": 1e-3}}, {"overrides": ["--learning_rate=1e-3"]}, "both"),
+                                ({"symax": {"optimizer": "muon"}}, {}, "sets optimizer"),
+                                ({"symax": {"n_layr": 2}}, {}, "n_layer"),
+                                ({"symax": {"learning_rate": "8e-3"}}, {}, "must be a float"),
+                                (["symax"], {}, "must be a dict")]:
+        with pytest.raises(ConfigError, match=words):
+            axes({**own, "study_settings": settings}, **kw)
+
+
 def test_config_files_hold_study_settings(tmp_path):
     cfg, settings = study.load_settings("config/study_cpu_full.py", ["--max_iters=7"])
-    assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3]} and settings["study_seeds"] == [0, 1, 2]
+    assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]} and settings["study_seeds"] == [0, 1, 2]
     quick, _ = study.load_settings("config/study_cpu.py", [])
     assert (cfg.n_layer, cfg.n_embd, cfg.max_iters) == (quick.n_layer, quick.n_embd, 7)  # its model, the override
     variants, seeds, points = axes(settings)
@@ -320,7 +341,7 @@ def test_config_files_hold_study_settings(tmp_path):
     assert len(variants) == (len(NORMALIZERS) + len(GATES) - 1) * 2 == 26
     assert {v.norm for v in variants} == set(NORMALIZERS) and {v.optimizer for v in variants} == {"adamw", "muon"}
     assert {v.gate for v in variants if v.norm == "softmax"} == set(GATES)
-    assert (len(variants) * len(points), len(variants) * (len(seeds) - 1)) == (78, 52)  # stage 1, stage 2
+    assert (len(variants) * len(points), len(variants) * (len(seeds) - 1)) == (130, 52)  # stage 1, stage 2
     cfg, settings = study.load_settings("config/study_gpu.py", [])
     assert (cfg.n_layer, cfg.n_embd, cfg.block_size, settings["study_seeds"]) == (6, 384, 256, [0, 1, 2])
     variants, seeds, points = axes(settings)
