@@ -45,7 +45,8 @@ def read_metrics(run_dir):
         attention  which attention path the run took (train.py's description)
         train, eval, nonfinite   lists of records, sorted by iter
         eval_json  the contents of eval.json, or {}
-        label      "<attn_norm> s<seed>", the run's name in tables and legends
+        variant    "<attn_norm>[+<attn_gate>][+<optimizer>]": the gate unless none, the optimizer unless adamw
+        label      "<variant> s<seed>", the run's name in tables and legends
 
     A run that crashed and resumed from its last checkpoint logs some iterations twice; the record written
     last for each (event, iter) is the one kept, since it belongs to the run's surviving history.
@@ -69,6 +70,9 @@ def read_metrics(run_dir):
         events.setdefault(event, []).append(record)
     eval_path = run_dir / "eval.json"
     config = start.get("config", {})
+    variant = "+".join([config.get("attn_norm", "?")] +
+                       [config[key] for key, default in (("attn_gate", "none"), ("optimizer", "adamw"))
+                        if config.get(key, default) != default])
     return {
         "dir": run_dir,
         "config": config,
@@ -77,5 +81,6 @@ def read_metrics(run_dir):
         "eval": events.get("eval", []),
         "nonfinite": events.get("nonfinite", []),
         "eval_json": json.loads(eval_path.read_text()) if eval_path.exists() else {},
-        "label": f"{config.get('attn_norm', '?')} s{config.get('seed', '?')}",
+        "variant": variant,
+        "label": f"{variant} s{config.get('seed', '?')}",
     }

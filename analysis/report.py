@@ -283,17 +283,18 @@ def summary_table(runs):
 
 
 def seeds_table(runs):
-    """Mean ± std over the runs (seeds) of each attn_norm, or '' when no attn_norm has two runs."""
-    by_norm = {}
+    """Mean ± std over the runs (seeds) of each variant (attn_norm, with its gate and optimizer unless the
+    defaults), or '' when no variant has two runs."""
+    by_variant = {}
     for run in runs:
-        by_norm.setdefault(run["config"].get("attn_norm"), []).append(summary(run))
-    if max(len(rows) for rows in by_norm.values()) < 2:
+        by_variant.setdefault(run["variant"], []).append(summary(run))
+    if max(len(rows) for rows in by_variant.values()) < 2:
         return ""
     keys = [("val loss", "val_loss")] + [(h.replace(" mean / max", " mean"), k[0]) for h, k in COLUMNS[2:6]] + [
         ("max \\|act\\|", "act_absmax_max"), ("sink mean", "attn_sink_mean"), ("quiet mean", "attn_quiet_mean")]
-    lines = ["| attn_norm | runs | " + " | ".join(h for h, _ in keys) + " |", "|" + "---|" * (len(keys) + 2)]
-    for norm, rows in by_norm.items():
-        cells = [str(norm), str(len(rows))]
+    lines = ["| variant | runs | " + " | ".join(h for h, _ in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for variant, rows in by_variant.items():
+        cells = [variant, str(len(rows))]
         for _, key in keys:
             values = [row[key] for row in rows]
             mean = statistics.fmean(values)  # by hand below: statistics.stdev fails on NaN (a run without stats)
@@ -342,7 +343,7 @@ def write_report(run_dirs, out_dir):
     lines += ["", "## Summary", "", summary_table(runs), ""]
     by_seed = seeds_table(runs)
     if by_seed:
-        lines += ["Mean ± std over the runs of each attn_norm:", "", by_seed, ""]
+        lines += ["Mean ± std over the runs of each variant (attn_norm, +gate unless none, +optimizer unless adamw):", "", by_seed, ""]
     lines += [LEGEND, "## Plots", ""]
     for filename, caption, fig in figures(runs):
         fig.savefig(out_dir / filename, dpi=100)

@@ -390,6 +390,24 @@ def test_summary_outlier_ratio_and_sink_max_by_hand(tmp_path):
     assert row["attn_sink_max"] == 0.4 and row["attn_sink_mean"] == pytest.approx(0.25)
 
 
+def test_runs_are_named_and_grouped_by_variant(tmp_path):
+    from analysis.report import seeds_table
+    dirs = []
+    for i, (gate, optimizer, seed, loss) in enumerate([("none", "adamw", 0, 2.0), ("none", "adamw", 1, 2.2),
+                                                       ("headwise", "adamw", 0, 3.0), ("headwise", "adamw", 1, 3.4),
+                                                       ("none", "muon", 0, 5.0), ("none", "muon", 1, 5.0)]):
+        config = {"attn_norm": "softmax", "attn_gate": gate, "optimizer": optimizer, "seed": seed}
+        lines = [{"iter": 0, "event": "start", "config": config}, {"iter": 9, "event": "eval", "val_loss": loss}]
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        dirs.append(tmp_path / str(i))
+    runs = [read_metrics(d) for d in dirs]
+    assert [r["label"] for r in runs] == ["softmax s0", "softmax s1", "softmax+headwise s0", "softmax+headwise s1",
+                                          "softmax+muon s0", "softmax+muon s1"]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[2] for line in seeds_table(runs).splitlines()[2:]}
+    assert rows == {"softmax": "2.1 ± 0.14", "softmax+headwise": "3.2 ± 0.28", "softmax+muon": "5 ± 0"}
+
+
 def test_report_over_two_runs(tiny_runs, tmp_path):
     (tiny_runs[0] / "eval.json").write_text(json.dumps({"val_loss": 3.21, "val_ppl": math.exp(3.21), "bpc": 4.6}))
     path = write_report(tiny_runs, tmp_path / "report")
