@@ -95,10 +95,12 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
 # Study settings a config file may hold, with what the command line calls them.
 STUDY_SETTINGS = {"study_norms": "--norms", "study_gates": "--gates", "study_optimizers": "--optimizers",
                   "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs",
+                  "study_max_tokens": "--max_tokens",
                   "study_settings": "(config file only)"}
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
 QUANT_ARGS = ("max_tokens", "calib_batches")
+MAX_TOKENS = 32768  # val tokens scored per quantized variant, unless --max_tokens or study_max_tokens
 WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
 
 
@@ -827,13 +829,13 @@ def main(argv=None):
     p.add_argument("--study_root", default="study", help="where studies live (default: study)")
     p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, or one per CPU core)")
     p.add_argument("--rerun", action="store_true", help="delete and retrain runs trained with other settings")
-    p.add_argument("--max_tokens", type=int, default=32768, help="val tokens scored per quantized variant")
+    p.add_argument("--max_tokens", type=int, help=f"val tokens scored per quantized variant (default: {MAX_TOKENS})")
     p.add_argument("--calib_batches", type=int, default=8, help="training batches to calibrate activations on")
     p.add_argument("--evaluate", metavar="RUN_DIR", help="(used by the study) evaluate one trained run")
     p.add_argument("--eval_device", default="cpu", help="with --evaluate: the device to evaluate on")
     args, overrides = p.parse_known_args(argv)
     if args.evaluate:
-        return evaluate_run(args.evaluate, args.eval_device, args.max_tokens, args.calib_batches)
+        return evaluate_run(args.evaluate, args.eval_device, args.max_tokens or MAX_TOKENS, args.calib_batches)
     if not args.config:
         p.error("a config file is required, e.g. config/study_cpu.py")
     bad = [o for o in overrides if not re.fullmatch(r"--\w+=.*", o) or o[2:].split("=")[0] in STUDY_KEYS]
@@ -848,6 +850,7 @@ def main(argv=None):
         base, study = load_settings(args.config, overrides)
         variants, seeds, points = study_axes(args, study, base, overrides)
         args.jobs = args.jobs if args.jobs is not None else study.get("study_jobs")
+        args.max_tokens = args.max_tokens or study.get("study_max_tokens", MAX_TOKENS)
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
         # Every run the study may train (stage 2 trains a subset of the grid's later seeds), checked up front.

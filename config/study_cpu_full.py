@@ -18,3 +18,5 @@ study_optimizers = ["adamw", "muon"]
 study_seeds = [0, 1, 2]
 study_sweep = {"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]}
 study_settings = {}  # the quick study's per-variant rates come from this study's sweep: not inherited
+eval_iters = 20  # the quick study cuts evaluation to fit its budget; this study keeps it
+study_max_tokens = 32768
