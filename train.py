@@ -47,6 +47,9 @@ def default_dtype():
     return "float32"
 
 
+OPTIMIZERS = ("adamw", "muon")  # the optimizer setting's values (configure_optimizers in model.py)
+
+
 @dataclass
 class TrainConfig(GPTConfig):
     DERIVED = {"vocab_size": "it is the dataset's (meta.json), padded by runtime.padded_vocab_size"}
@@ -116,7 +119,7 @@ class TrainConfig(GPTConfig):
         if self.muon_lr is not None and self.muon_lr <= 0:
             raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
         choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES),
-                   "optimizer": ("adamw", "muon")}
+                   "optimizer": OPTIMIZERS}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")

@@ -79,7 +79,7 @@ from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint
 from configurator import ConfigError
 from normalizers.gates import GATES
-from train import TrainConfig
+from train import OPTIMIZERS, TrainConfig
 
 # Set per run by the study, not by --key=value (wandb_tags may be given: the study adds its tags to them).
 STUDY_KEYS = ("attn_norm", "seed", "out_dir", "wandb_run_name", "wandb_group")
@@ -220,30 +220,33 @@ def study_axes(args, study, cfg, overrides):
         sweep[key] = list(dict.fromkeys(typed(cfg, key, value, source) for value in values))
     points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
     variants = study_variants(norms, gates, optimizers, cfg.attn_gate)
-    return with_own_settings(variants, study.get("study_settings", {}), cfg, given | set(sweep), args.config), \
-        seeds, points
+    overridden = given | (set(sweep) if args.sweep else set())
+    return with_own_settings(variants, study.get("study_settings", {}), cfg, overridden,
+                             set() if args.sweep else set(sweep), args.config), seeds, points
 
 
-def with_own_settings(variants, own, cfg, taken, source):
+def with_own_settings(variants, own, cfg, overridden, swept, source):
     """The variants with their own settings from study_settings = {variant name: {setting: value}}: what a sweep
-    chose for each (a quick study keeps its full study's tuned learning rates this way). A setting cannot be both
-    a variant's own and swept or set for all (--key=value)."""
+    chose for each (a quick study keeps its full study's tuned learning rates this way). Names of variants this
+    study does not train (--norms picked others) are passed over; a setting given on the command line (--key=...
+    or --sweep key=...) overrides every variant's own; one swept in the same config file contradicts it."""
     if not isinstance(own, dict) or not all(isinstance(settings, dict) for settings in own.values()):
         raise ConfigError(f"study_settings in {source} must be a dict {{variant name: {{setting: value}}}}")
-    names = [v.name for v in variants]
-    unknown = [name for name in own if name not in names]
-    if unknown:
-        raise ConfigError(f"study_settings names {', '.join(map(repr, unknown))}, not a variant of this study; "
-                          f"its variants: {', '.join(names)}")
+    for name in own:
+        norm, *rest = name.split("+")
+        if norm not in normalizers.NORMALIZERS or any(part not in (*GATES, *OPTIMIZERS) for part in rest):
+            raise ConfigError(f"study_settings names {name!r}, not a variant: write <attn_norm>[+<attn_gate>]"
+                              f"[+<optimizer>], e.g. softmax+headwise+muon")
     typed_own = {}
     for name, settings in own.items():
         for key, value in settings.items():
             if key in STUDY_KEYS or key in VARIANT_KEYS:
                 raise ConfigError(f"study_settings[{name!r}] sets {key}, which the study sets itself")
-            if key in taken:
-                raise ConfigError(f"{key} is both set per variant (study_settings) and swept or given as --{key}=...: "
-                                  f"give one of them")
-            typed_own.setdefault(name, []).append((key, typed(cfg, key, value, source)))
+            if key in swept:
+                raise ConfigError(f"{key} is both swept (study_sweep) and set per variant (study_settings) in "
+                                  f"{source}: give one of them")
+            if key not in overridden:
+                typed_own.setdefault(name, []).append((key, typed(cfg, key, value, source)))
     return [dataclasses.replace(v, settings=tuple(typed_own.get(v.name, ()))) for v in variants]
 
 

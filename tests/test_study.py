@@ -320,15 +320,22 @@ def test_each_variant_may_keep_its_own_settings():
     symax = next(v for v in variants if v.name == "symax")
     assert study.run_config(cfg, study.Run(symax, 2), Path("study/x/runs/symax-s2")).learning_rate == 0.008
     assert study.run_config(cfg, study.Run(variants[0], 2), Path("study/x/runs/a")).learning_rate == cfg.learning_rate
-    for settings, kw, words in [({"diff": {"learning_rate": 1e-3}}, {}, "not a variant of this study"),
-                                ({"symax": {"learning_rate": 1e-3}}, {"sweep": ["learning_rate=1e-3,2e-3"]}, "both"),
-                                ({"symax": {"learning_rate": 1e-3}}, {"overrides": ["--learning_rate=1e-3"]}, "both"),
+    # a variant this study does not train is passed over; the command line overrides every variant's own
+    variants, _, _ = axes({**own, "study_settings": {**own["study_settings"], "diff+headwise": {"n_layer": 2}}})
+    assert {v.name: v.settings for v in variants}["symax"] == (("learning_rate", 0.008),)
+    for kw in ({"sweep": ["learning_rate=1e-3,2e-3"]}, {"overrides": ["--learning_rate=1e-3"]}):
+        assert all(v.settings == () for v in axes(own, **kw)[0])
+    for settings, kw, words in [({"softmx": {"learning_rate": 1e-3}}, {}, "not a variant"),
+                                ({"softmax+adam": {"learning_rate": 1e-3}}, {}, "not a variant"),
+                                ({"symax": {"learning_rate": 1e-3}}, {"study_sweep": {"learning_rate": [1e-3]}},
+                                 "both swept"),
                                 ({"symax": {"optimizer": "muon"}}, {}, "sets optimizer"),
                                 ({"symax": {"n_layr": 2}}, {}, "n_layer"),
                                 ({"symax": {"learning_rate": "8e-3"}}, {}, "must be a float"),
                                 (["symax"], {}, "must be a dict")]:
         with pytest.raises(ConfigError, match=words):
-            axes({**own, "study_settings": settings}, **kw)
+            axes({**own, **{k: v for k, v in kw.items() if k.startswith("study_")}, "study_settings": settings},
+                 **{k: v for k, v in kw.items() if not k.startswith("study_")})
 
 
 def test_config_files_hold_study_settings(tmp_path):
