@@ -38,7 +38,7 @@ def pair_queries(q):
 class Diff2(Normalizer):
     name = "diff2"
     formula = "A(q_2i)V_i − σ(λ_i)·A(q_2i+1)V_i, λ = lambda_proj(x) per token, 2H query heads, H kv heads"
-    color = "tab:purple"
+    color = "black"
     attn_flops = 2.0  # QKᵀ and P·V over 2H query heads at d
     fused = staticmethod(diff2_attention)
 

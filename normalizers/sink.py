@@ -30,7 +30,7 @@ def virtual_key_weights(s, mask, b):
 class Sink(Normalizer):
     name = "sink"
     formula = "p_i = exp(s_i) / (exp(b_h) + Σ_j exp(s_j)), b_h learned per head"
-    color = "tab:brown"
+    color = "tab:cyan"
     fused = staticmethod(sink_attention)
 
     def add_parameters(self, attn, cfg, layer_idx):

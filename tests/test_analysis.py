@@ -434,6 +434,8 @@ def test_report_orders_and_colours_runs_by_the_registry(tmp_path):
     assert [run["config"]["attn_norm"] for run in runs] == list(NORMALIZERS)
     lines = fig_loss(runs).axes[0].lines  # a train and a val line per run
     assert [to_rgba(line.get_color()) for line in lines[::2]] == [to_rgba(s.color) for s in NORMALIZERS.values()]
+    colours = [to_rgba(s.color) for s in NORMALIZERS.values()]
+    assert len(set(colours)) == len(colours)  # one colour per normalizer: no two look alike in a plot
 
 
 def test_report_cli_out_must_be_given_and_a_directory(tmp_path, capsys):
