@@ -37,6 +37,12 @@ def _parse_line(line):
     return None
 
 
+def variant_name(attn_norm, attn_gate="none", optimizer="adamw"):
+    """What a run compares, as "<attn_norm>[+<attn_gate>][+<optimizer>]": the gate unless none, the optimizer unless
+    adamw (their defaults), so that a plain run is named by its attn_norm alone. Reports and studies share it."""
+    return "+".join([attn_norm] + [attn_gate] * (attn_gate != "none") + [optimizer] * (optimizer != "adamw"))
+
+
 def read_metrics(run_dir):
     """A run directory's metrics.jsonl (and eval.json, if the perplexity tool wrote one) as a dict:
 
@@ -45,7 +51,7 @@ def read_metrics(run_dir):
         attention  which attention path the run took (train.py's description)
         train, eval, nonfinite   lists of records, sorted by iter
         eval_json  the contents of eval.json, or {}
-        variant    "<attn_norm>[+<attn_gate>][+<optimizer>]": the gate unless none, the optimizer unless adamw
+        variant    variant_name() of its settings
         label      "<variant> s<seed>", the run's name in tables and legends
 
     A run that crashed and resumed from its last checkpoint logs some iterations twice; the record written
@@ -70,9 +76,7 @@ def read_metrics(run_dir):
         events.setdefault(event, []).append(record)
     eval_path = run_dir / "eval.json"
     config = start.get("config", {})
-    variant = "+".join([config.get("attn_norm", "?")] +
-                       [config[key] for key, default in (("attn_gate", "none"), ("optimizer", "adamw"))
-                        if config.get(key, default) != default])
+    variant = variant_name(config.get("attn_norm", "?"), config.get("attn_gate", "none"), config.get("optimizer", "adamw"))
     return {
         "dir": run_dir,
         "config": config,

@@ -10,8 +10,8 @@ optimizer. --norms defaults to every registered normalizer (normalizers.NORMALIZ
 first of them is the baseline. --gates (default: none) adds, per gate listed, the baseline with that gate; the other
 variants keep the config's attn_gate ('none' unless it sets one). --optimizers (default: the config's optimizer) is
 one more axis: every variant is trained with each optimizer listed. A variant's name is its attn_norm, then its gate
-and its optimizer where they differ from the config's gate and the first optimizer listed: softmax,
-softmax+headwise, sink+muon, softmax+headwise+muon. --attn_gate=... thus gates every variant; --optimizer=... is
+unless none and its optimizer unless adamw (analysis.variant_name, as in every report): softmax, softmax+headwise,
+sink+muon, softmax+headwise+muon. --attn_gate=... thus gates every variant; --optimizer=... is
 --optimizers with one (the two are refused together); neither attn_gate nor optimizer may be swept. --seeds defaults
 to 0,1,2. A config file may set these for its study, with `study_norms`, `study_gates`, `study_optimizers`,
 `study_seeds`, `study_sweep` and `study_jobs` (see STUDY_SETTINGS); the command line overrides them. Every other
@@ -74,7 +74,7 @@ from matplotlib.colors import to_rgb
 import configurator
 import normalizers
 import runtime
-from analysis import quantize, read_metrics, report
+from analysis import quantize, read_metrics, report, variant_name
 from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, scale
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint
 from configurator import ConfigError
@@ -113,8 +113,7 @@ def fmt_time(seconds):
 
 @dataclass(frozen=True)
 class Variant:
-    """What a study compares: an attn_norm with an output gate and an optimizer. name: the attn_norm, then the gate
-    and the optimizer where they differ from the study's own (see study_variants()), joined by '+'."""
+    """What a study compares: an attn_norm with an output gate and an optimizer; name: analysis.variant_name()."""
     norm: str
     gate: str
     optimizer: str
@@ -124,14 +123,12 @@ class Variant:
 
 def study_variants(norms, gates, optimizers, study_gate):
     """The study's variants, optimizer by optimizer: the norms in the registry's order with study_gate, the first of
-    them (the baseline) followed by itself with each of gates. The names leave out study_gate and the first
-    optimizer, so that a study without --gates and --optimizers names its runs by attn_norm alone."""
+    them (the baseline) followed by itself with each of gates."""
     norms = in_registry_order(dict.fromkeys(norms))
     pairs = [(norm, study_gate) for norm in norms]
     pairs[1:1] = [(norms[0], gate) for gate in gates]
-    return [Variant(norm, gate, optimizer, "+".join(filter(None, [
-        norm, gate if gate != study_gate else "", optimizer if optimizer != optimizers[0] else ""])))
-        for optimizer in optimizers for norm, gate in pairs]
+    return [Variant(norm, gate, optimizer, variant_name(norm, gate, optimizer))
+            for optimizer in optimizers for norm, gate in pairs]
 
 
 @dataclass(frozen=True)

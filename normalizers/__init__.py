@@ -81,7 +81,7 @@ def unavailable_reason(attn_norm, device_type, dropout_p, attn_impl="fused"):
     """Why the fused path cannot (attn_impl='fused') or should not (attn_impl='auto') run here; None if it can."""
     spec = get(attn_norm)
     if spec.fused is None:
-        return f"no fused kernel for attn_norm={attn_norm!r}" + getattr(spec, "missing_fused", "")
+        return f"no fused kernel for attn_norm={attn_norm!r}" + spec.missing_fused
     if dropout_p > 0 and not spec.fused_dropout:
         return f"the {attn_norm} kernel has no attention dropout (dropout={dropout_p}); the reference applies it"
     return spec.fused_unavailable(device_type, auto=attn_impl == "auto")

@@ -3,18 +3,13 @@ clipped softmax (Bondarenko et al. 2023, "Quantizable Transformers"; Qualcomm's 
 p = clip((ζ − γ)·softmax(s) + γ, 0, 1). With γ < 0 small softmax weights become exact zeros, so a head can do
 nothing without pushing its logits to ±inf. ζ = clip_zeta, γ = −clip_alpha / block_size (their OPT setting
 γ = −α/T).
-Fused: aten's flash forward gives the LSE, then the elementwise Triton kernel family (kernels/elementwise.py) on
-CUDA; on CPU only in Triton's interpreter.
+Fused: aten's flash forward gives the LSE, then the elementwise kernel family's.
 """
 
 import torch
 
-from .spec import Normalizer, Setting
-
-try:
-    from kernels import elementwise as kernel
-except ImportError:  # no triton: clipped takes the reference
-    kernel = None
+from .elementwise import ElementwiseNormalizer
+from .spec import Setting, minus_inf_where_masked
 
 
 def at_least_one(value, cfg):
@@ -25,7 +20,7 @@ def non_negative(value, cfg):
     return None if value >= 0 else "must be >= 0 (γ = −clip_alpha/block_size must be ≤ 0)"
 
 
-class Clipped(Normalizer):
+class Clipped(ElementwiseNormalizer):
     name = "clipped"
     formula = "p_i = clip((ζ − γ)·softmax(s)_i + γ, 0, 1)"
     color = "tab:olive"
@@ -33,8 +28,6 @@ class Clipped(Normalizer):
         "clip_zeta": Setting(float, 1.0, "clipped softmax's stretch ζ >= 1", at_least_one),
         "clip_alpha": Setting(float, 12.0, "clipped softmax's α >= 0: γ = −α/block_size", non_negative),
     }
-    fused = staticmethod(kernel.clipped_attention) if kernel else None
-    missing_fused = " (it needs triton)"
 
     def add_parameters(self, attn, cfg, layer_idx):
         attn.clip_zeta, attn.clip_gamma = cfg.clip_zeta, -cfg.clip_alpha / cfg.block_size
@@ -42,11 +35,11 @@ class Clipped(Normalizer):
     def args(self, attn, x):
         return {"zeta": attn.clip_zeta, "gamma": attn.clip_gamma}
 
-    def weights(self, s, mask, zeta, gamma):
-        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-        return torch.clamp(p * (zeta - gamma) + gamma, 0, 1)  # masked: clip(γ ≤ 0) = 0 exactly
+    def terms(self, s, mask, zeta, gamma):
+        p = torch.softmax(minus_inf_where_masked(s, mask), dim=-1)
+        return torch.clamp(p * (zeta - gamma) + gamma, 0, 1), None  # masked: clip(γ ≤ 0) = 0 exactly
 
     def fused_unavailable(self, device_type, auto):
         if device_type not in ("cpu", "cuda"):
             return f"clipped needs aten's CPU or CUDA flash attention for its LSE, not {device_type}"
-        return kernel.unavailable(self.name, device_type, auto)
+        return super().fused_unavailable(device_type, auto)

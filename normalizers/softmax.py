@@ -3,11 +3,11 @@
 import torch
 import torch.nn.functional as F
 
-from .spec import Normalizer
+from .spec import Normalizer, minus_inf_where_masked
 
 
 def causal_softmax(s, mask):
-    return torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.softmax(minus_inf_where_masked(s, mask), dim=-1)
 
 
 def sdpa_attention(q, k, v, dropout_p=0.0):

@@ -7,28 +7,49 @@ Computed max-shifted as the official naive_softpick_attn.py: with m the row max,
 ReLU(e^(s−m) − e^(−m)) / (Σ_j |e^(s−m) − e^(−m)| + ε), i.e. ε is effectively ε·e^m (and so is its gradient through
 the max). m is clamped at 0: a row whose max is ≤ 0 has all-zero numerators under either shift, so this is the same
 function, and e^(−m) cannot overflow for very negative rows.
-Fused: the elementwise Triton kernel family (kernels/elementwise.py) on CUDA; on CPU only in Triton's interpreter.
 """
 
 import torch
 
-from .spec import Normalizer, Setting, positive
-
-try:
-    from kernels import elementwise as kernel
-except ImportError:  # no triton: softpick takes the reference
-    kernel = None
+from .elementwise import ElementwiseNormalizer
+from .spec import Setting, positive, zero_where_masked
 
 
-class Softpick(Normalizer):
+class SoftpickTerms(torch.autograd.Function):
+    """(s, mask, ε) -> (ReLU(e), Σ_j |e| + ε) with e = e^(s−m) − e^(−m), m = max(0, max_j s), and the backward
+    written out: autograd's would take twice as many passes over T×T on CPU.
+
+    With x = e^(s−m): de = dr·[e > 0] + dz·sign(e), ds = de·x. The shift cancels between numerator and denominator
+    except in ε·e^m, so the max's own gradient is ε·dz on the argmax key (shared by ties, none when m = 0 is the
+    clamp); the argmax is where x = 1, i.e. floor(x) = 1 (x ≤ 1 everywhere). Masked keys have s = 0, hence e = 0:
+    no weight and no gradient."""
+
+    @staticmethod
+    def forward(ctx, s, mask, eps):
+        s = zero_where_masked(s, mask)  # e^0 − 1 = 0: a masked key adds nothing to either sum
+        m = s.amax(dim=-1, keepdim=True).clamp_(min=0)
+        x = s.sub_(m).exp_()
+        e = x - torch.exp(-m)
+        ctx.save_for_backward(x, e, m)
+        ctx.eps = eps
+        return torch.relu(e), e.abs().sum(dim=-1, keepdim=True).add_(eps)
+
+    @staticmethod
+    def backward(ctx, dr, dz):
+        x, e, m = ctx.saved_tensors
+        ds = torch.sign(e).mul_(dz).add_(dr * torch.sign(torch.relu(e))).mul_(x)
+        argmax = torch.floor(x)
+        ds.addcmul_(argmax, dz * ctx.eps * (m > 0) / argmax.sum(dim=-1, keepdim=True).clamp_(min=1))
+        return ds, None, None
+
+
+class Softpick(ElementwiseNormalizer):
     name = "softpick"
     formula = "p_i = ReLU(e^s_i − 1) / (Σ_j |e^s_j − 1| + ε)"
     color = "tab:purple"
     settings = {
         "softpick_eps": Setting(float, 1e-8, "softpick's ε > 0 in the (max-shifted) denominator", positive),
     }
-    fused = staticmethod(kernel.softpick_attention) if kernel else None
-    missing_fused = " (it needs triton)"
 
     def add_parameters(self, attn, cfg, layer_idx):
         attn.softpick_eps = cfg.softpick_eps
@@ -36,12 +57,5 @@ class Softpick(Normalizer):
     def args(self, attn, x):
         return {"eps": attn.softpick_eps}
 
-    def weights(self, s, mask, eps):
-        s = s.masked_fill(~mask, 0.0)  # e^0 − 1 = 0: a masked key adds nothing to either sum
-        # max().values, not amax(): its backward routes to the argmax alone and is cheaper on CPU
-        m = s.max(dim=-1, keepdim=True).values.clamp(min=0)
-        e = torch.exp(s - m) - torch.exp(-m)
-        return torch.relu(e) / (e.abs().sum(dim=-1, keepdim=True) + eps)
-
-    def fused_unavailable(self, device_type, auto):
-        return kernel.unavailable(self.name, device_type, auto)
+    def terms(self, s, mask, eps):
+        return SoftpickTerms.apply(s, mask, eps)

@@ -6,7 +6,8 @@ files compares attn_norm with a literal name:
 
     weights(s, mask, **args)      the exact reference: scores (B, H, T, T) -> weights over the real keys, fp32 or
                                   fp64; the test oracle's counterpart and the CPU path (it materialises T×T)
-    reference(q, k, v, p, **args) exact attention from those weights (override when there is more than P·V)
+    reference(q, k, v, p, **args) exact attention from those weights (override when there is more than P·V;
+                                  the elementwise family, normalizers/elementwise.py, derives both from terms())
     fused(q, k, v, **args)        the path that never builds T×T (None: there is none); fused_unavailable() says
                                   where it cannot or should not run (device, interpreter); fused_dropout whether
                                   it takes attention dropout
@@ -20,7 +21,6 @@ files compares attn_norm with a literal name:
     color, formula                how the reports draw and describe it
 """
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -46,8 +46,19 @@ def causal_scores(q, k):
     """s = q·kᵀ/√d in fp32 (fp64 stays fp64), with the causal mask (T, T, True = visible)."""
     T = q.size(-2)
     dt = torch.promote_types(q.dtype, torch.float32)
-    s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(q.size(-1))
+    s = (q.to(dt) * q.size(-1) ** -0.5) @ k.to(dt).transpose(-2, -1)  # scaling q costs T·d, s would cost T·T
     return s, torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+
+
+# Masking (B, H, T, T) by arithmetic with a (T, T) mask is several times faster on CPU than masked_fill or where
+# over a broadcast bool mask. It needs the masked scores to be finite (±inf·0 and inf − inf are NaN), which q·k is
+# for finite q and k; a non-finite score makes its row non-finite, loudly, never silently wrong.
+def zero_where_masked(x, mask):
+    return x * mask.to(x.dtype)
+
+
+def minus_inf_where_masked(x, mask):
+    return x + torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
 
 
 def reference_weights(q, k, weights_fn, **args):
@@ -71,6 +82,7 @@ class Normalizer:
     attn_flops = 1.0
     no_weight_decay = ()
     fused = None
+    missing_fused = ""  # why fused is None, for the error message (e.g. " (it needs triton, ...)")
     fused_dropout = False  # whether the fused path takes dropout_p (else dropout runs the reference)
 
     # ---- configuration ----

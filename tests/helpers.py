@@ -69,9 +69,10 @@ def causal_weights(s, attn_norm, eta=None, **settings):
     return w
 
 
-def loop_attention(q, k, v, attn_norm, eta=None, **settings):
-    """Causal attention with explicit loops over batch, head and query position, in float64.
-    q, k, v: (B, H, T, d) arrays."""
+def loop_rows_attention(q, k, v, row):
+    """Causal attention with explicit loops over batch, head and query position, in float64. q, k, v: (B, H, T, d)
+    arrays; row(s, b, h, i) -> (weights of keys 0..i, a vector added to the output: 0 for none), s the visible
+    scores of query i."""
     q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
     B, H, T, d = q.shape
     out = np.zeros((B, H, T, v.shape[-1]))
@@ -79,9 +80,15 @@ def loop_attention(q, k, v, attn_norm, eta=None, **settings):
         for h in range(H):
             for i in range(T):
                 s = np.array([q[b, h, i] @ k[b, h, j] for j in range(i + 1)]) / math.sqrt(d)
-                w = symax_row(s, float(eta[h])) if attn_norm == "symax" else ROW_FNS[attn_norm](s, **settings)
-                out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(i + 1))
+                w, extra = row(s, b, h, i)
+                out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(i + 1)) + extra
     return out
+
+
+def loop_attention(q, k, v, attn_norm, eta=None, **settings):
+    """The row functions' causal attention, float64 loops; eta (H,): symax's η per head."""
+    return loop_rows_attention(q, k, v, lambda s, b, h, i: (
+        symax_row(s, float(eta[h])) if attn_norm == "symax" else ROW_FNS[attn_norm](s, **settings), 0.0))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,16 +105,10 @@ def virtual_key_row(s, b):
 def virtual_key_loop_attention(q, k, v, logits, values):
     """Causal attention with one virtual key, loops over batch, head and query, float64. q, k, v: (B, H, T, d);
     logits (B, H, T): each query's virtual logit; values (H, d): each head's virtual value."""
-    q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
-    B, H, T, d = q.shape
-    out = np.zeros((B, H, T, v.shape[-1]))
-    for b in range(B):
-        for h in range(H):
-            for i in range(T):
-                s = np.array([q[b, h, i] @ k[b, h, j] for j in range(i + 1)]) / math.sqrt(d)
-                p_virtual, w = virtual_key_row(s, logits[b, h, i])
-                out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(i + 1)) + p_virtual * values[h]
-    return out
+    def row(s, b, h, i):
+        p_virtual, w = virtual_key_row(s, logits[b, h, i])
+        return w, p_virtual * np.asarray(values[h], dtype=np.float64)
+    return loop_rows_attention(q, k, v, row)
 
 
 def sigmoid(x):

@@ -251,7 +251,7 @@ def test_describe_names_the_function():
 
 def test_unavailable_kernels(monkeypatch):
     assert "mps" in normalizers.unavailable_reason("softmax1", "mps", 0.0)
-    monkeypatch.setattr(NORMALIZERS["symax"], "fused", None)  # as without triton
+    monkeypatch.setattr(normalizers.elementwise, "kernel", None)  # as without triton
     assert "needs triton" in normalizers.unavailable_reason("symax", "cuda", 0.0)
     assert not normalizers.use_fused("symax", "auto", "cuda", 0.0)
 

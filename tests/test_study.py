@@ -234,23 +234,25 @@ def test_noise_section_bolds_only_what_survives_holm():
     assert "far − softmax: metric m +1" in text and "near − softmax:" not in text  # the survivors
 
 
-def test_variants_have_unique_names_that_show_what_differs_from_the_study():
+def test_variants_have_unique_names_that_show_what_differs_from_the_defaults():
     gates = [gate for gate in GATES if gate != "none"]
     variants = study.study_variants(list(NORMALIZERS), gates, ["adamw", "muon"], "none")
     assert len(variants) == (len(NORMALIZERS) + len(gates)) * 2  # each gate on the baseline, both optimizers
     assert len({v.name for v in variants}) == len(variants)
     assert len({(v.norm, v.gate, v.optimizer) for v in variants}) == len(variants)
-    for v in variants:  # the name parses back: attn_norm, then the gate unless none, the optimizer unless the first
+    for v in variants:  # the name parses back: attn_norm, then the gate unless none, the optimizer unless adamw
         norm, *rest = v.name.split("+")
         shown = [v.gate] * (v.gate != "none") + [v.optimizer] * (v.optimizer != "adamw")
         assert (norm, rest) == (v.norm, shown)
     names = [v.name for v in variants]
     assert names[:len(gates) + 2] == ["softmax", *(f"softmax+{g}" for g in gates), list(NORMALIZERS)[1]]
     assert {"sink+muon", "softmax+headwise+muon"} <= set(names)
-    # One optimizer, no gates: the names are the attn_norms (registry order), as run directories were always named.
-    plain = study.study_variants(["symax", "softmax"], [], ["muon"], "none")
-    assert [(v.name, v.optimizer) for v in plain] == [("softmax", "muon"), ("symax", "muon")]
-    assert study.Run(plain[1], 2, (("learning_rate", 0.001),)).label == "symax-learning_rate=0.001-s2"
+    # No gates, AdamW: the names are the attn_norms (registry order), as run directories were always named; a
+    # study of Muon alone or of a gate on every normalizer names them as its reports do (read_metrics' variant).
+    assert [v.name for v in study.study_variants(["symax", "softmax"], [], ["adamw"], "none")] == ["softmax", "symax"]
+    plain = study.study_variants(["symax", "softmax"], [], ["muon"], "headwise")
+    assert [(v.name, v.optimizer) for v in plain] == [("softmax+headwise+muon", "muon"), ("symax+headwise+muon", "muon")]
+    assert study.Run(plain[1], 2, (("learning_rate", 0.001),)).label == "symax+headwise+muon-learning_rate=0.001-s2"
     # The baselines: per optimizer; the optimizer's effect: each variant against itself under the first optimizer.
     against_baseline, optimizer_effect = study.comparisons(study.study_variants(
         ["softmax", "sink"], ["headwise"], ["adamw", "muon"], "none"))
@@ -295,11 +297,11 @@ def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
     assert [v.name for v in variants] == ["softmax", "softmax+headwise", "symax", "softmax+muon",
                                           "softmax+headwise+muon", "symax+muon"]
     variants, _, _ = axes({"study_norms": ["softmax"], "study_gates": ["elementwise"], "study_optimizers": ["muon"]})
-    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax", "none", "muon"),
-                                                                  ("softmax+elementwise", "elementwise", "muon")]
+    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax+muon", "none", "muon"),
+                                                                  ("softmax+elementwise+muon", "elementwise", "muon")]
     variants, _, _ = axes(norms="softmax", gates="none", overrides=["--attn_gate=headwise", "--optimizer=muon"])
-    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax", "headwise", "muon"),
-                                                                  ("softmax+none", "none", "muon")]
+    assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax+headwise+muon", "headwise", "muon"),
+                                                                  ("softmax+muon", "none", "muon")]
     for bad, words in [(dict(sweep=["n_layer=2,x"]), "n_layer"), (dict(sweep=["seed=1,2"]), "set by the study"),
                        (dict(norms="softmax,nope"), "unknown attn_norm 'nope'"), (dict(seeds="0,a"), "--seeds"),
                        (dict(gates="nope"), "unknown attn_gate 'nope'"), (dict(gates="none"), "already has"),

@@ -1,0 +1,50 @@
+"""
+The elementwise family: normalizers whose weight of key j is a function of its own score and of row statistics,
+
+    p_ij = f_ij / z_i    (or p_ij = f_ij: no denominator)
+
+the form the Triton kernel family in kernels/elementwise.py computes without building T×T (symax, sigmoid,
+softpick, clipped). A member says its numerators and denominators in `terms`; the exact reference then divides the
+(T, d) output by z instead of the (T, T) weights: the same numbers, with two fewer passes over T×T in the forward
+and three in the backward, which is most of what these references cost on CPU at small T.
+Its fused path is kernels.elementwise.<name>_attention, on CUDA (on CPU only in Triton's interpreter); without
+triton installed the family takes the reference everywhere.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .spec import Normalizer, reference_weights
+
+try:
+    from kernels import elementwise as kernel
+except ImportError:  # no triton
+    kernel = None
+
+
+class ElementwiseNormalizer(Normalizer):
+    def terms(self, s, mask, **args):
+        """(f, z): f the numerators over the real keys (B, H, T, T; exactly 0 where masked), z the row denominators
+        (B, H, T, 1), or None when the weights are not normalised."""
+        raise NotImplementedError
+
+    def weights(self, s, mask, **args):
+        f, z = self.terms(s, mask, **args)
+        return f if z is None else f / z
+
+    def reference(self, q, k, v, dropout_p=0.0, **args):
+        f, z = reference_weights(q, k, self.terms, **args)
+        with torch.autocast(q.device.type, enabled=False):
+            y = F.dropout(f, dropout_p) @ v.to(f.dtype)  # dropout scales single weights: it commutes with 1/z
+            return (y if z is None else y / z).to(v.dtype)
+
+    @property
+    def fused(self):
+        return getattr(kernel, f"{self.name}_attention") if kernel else None
+
+    @property
+    def missing_fused(self):
+        return "" if kernel else " (it needs triton, which is not installed)"
+
+    def fused_unavailable(self, device_type, auto):
+        return kernel.unavailable(self.name, device_type, auto)
