@@ -10,8 +10,7 @@ Rows: every attn_norm of --norms (default: every registered one) with the first 
 other attn_gate mode with the first attn_norm (softmax): a gate scales attention's output, so what it costs does not
 depend on the normalizer. The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak bf16.
 --rounds R measures every row R times, the rows interleaved (round 1 measures every row, then round 2, ...), and
-reports each row's fastest round: on a shared machine whose load drifts, every row then sees the same drift, and
-its least disturbed round is the closest to its own speed (a median still moves by ±20% on a busy 2-core VM).
+reports each row's median: on a shared machine whose load drifts, every row then sees the same drift.
 
 --batch_size=auto: on a GPU, the largest micro-batch that fits, found for the first row by halving from
 --max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
@@ -95,7 +94,7 @@ def parse_args(argv):
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per row")
     parser.add_argument("--warmup", type=int, default=5, help="iterations before timing (compilation happens here)")
     parser.add_argument("--rounds", type=int, default=1, help="measure every row this many times, interleaved, "
-                                                             "and report the fastest")
+                                                             "and report the median")
     parser.add_argument("--out", help="also write the table to this file, e.g. benchmarks/results/<device>-train.md")
     args, overrides = parser.parse_known_args(argv)
     for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", normalizers.gates.GATES)):
@@ -141,7 +140,7 @@ def main(argv=None):
                f"compile {cfg.compile}",
                f"- batch: micro-batch {batch_text} x "
                f"{cfg.gradient_accumulation_steps} micro-steps; {args.iters} timed iterations after {args.warmup} "
-               f"warm-up" + (f", fastest of {args.rounds} interleaved rounds" if args.rounds > 1 else "") +
+               f"warm-up" + (f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else "") +
                f"; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
                "",
                f"| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × {norms[0]} |",
@@ -170,7 +169,7 @@ def main(argv=None):
     for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
         if i in failed:
             continue
-        dt = min(seconds[i])
+        dt = float(np.median(seconds[i]))
         tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
         if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
             base = tokens / dt
