@@ -342,7 +342,7 @@ def test_each_variant_may_keep_its_own_settings():
 
 def test_config_files_hold_study_settings(tmp_path):
     cfg, settings = study.load_settings("config/study_cpu_full.py", ["--max_iters=7"])
-    assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]} and settings["study_seeds"] == [0, 1, 2]
+    assert settings["study_sweep"] == {"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]} and settings["study_seeds"] == [0, 1, 2]
     quick, quick_study = study.load_settings("config/study_cpu.py", [])
     # the quick study: normalizers at their own tuned rates, each a point of the full study's grid (a normalizer
     # registered since its sweep trains at the config's learning_rate until the sweep is run again)
@@ -356,7 +356,7 @@ def test_config_files_hold_study_settings(tmp_path):
     assert len(variants) == (len(NORMALIZERS) + len(GATES) - 1) * 2 == 26
     assert {v.norm for v in variants} == set(NORMALIZERS) and {v.optimizer for v in variants} == {"adamw", "muon"}
     assert {v.gate for v in variants if v.norm == "softmax"} == set(GATES)
-    assert (len(variants) * len(points), len(variants) * (len(seeds) - 1)) == (130, 52)  # stage 1, stage 2
+    assert (len(variants) * len(points), len(variants) * (len(seeds) - 1)) == (156, 52)  # stage 1, stage 2
     cfg, settings = study.load_settings("config/study_gpu.py", [])
     assert (cfg.n_layer, cfg.n_embd, cfg.block_size, settings["study_seeds"]) == (6, 384, 256, [0, 1, 2])
     variants, seeds, points = axes(settings)
