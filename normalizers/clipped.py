@@ -9,7 +9,8 @@ Fused: aten's flash forward gives the LSE, then the elementwise kernel family's.
 import torch
 
 from .elementwise import ElementwiseNormalizer
-from .spec import Setting, minus_inf_where_masked
+from .softmax import causal_softmax
+from .spec import Setting
 
 
 def at_least_one(value, cfg):
@@ -36,7 +37,7 @@ class Clipped(ElementwiseNormalizer):
         return {"zeta": attn.clip_zeta, "gamma": attn.clip_gamma}
 
     def terms(self, s, mask, zeta, gamma):
-        p = torch.softmax(minus_inf_where_masked(s, mask), dim=-1)
+        p = causal_softmax(s, mask)
         return torch.clamp(p * (zeta - gamma) + gamma, 0, 1), None  # masked: clip(γ ≤ 0) = 0 exactly
 
     def fused_unavailable(self, device_type, auto):

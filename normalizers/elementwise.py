@@ -11,10 +11,7 @@ Its fused path is kernels.elementwise.<name>_attention, on CUDA (on CPU only in 
 triton installed the family takes the reference everywhere.
 """
 
-import torch
-import torch.nn.functional as F
-
-from .spec import Normalizer, reference_weights
+from .spec import Normalizer, reference_weights, weighted_values
 
 try:
     from kernels import elementwise as kernel
@@ -34,9 +31,7 @@ class ElementwiseNormalizer(Normalizer):
 
     def reference(self, q, k, v, dropout_p=0.0, **args):
         f, z = reference_weights(q, k, self.terms, **args)
-        with torch.autocast(q.device.type, enabled=False):
-            y = F.dropout(f, dropout_p) @ v.to(f.dtype)  # dropout scales single weights: it commutes with 1/z
-            return (y if z is None else y / z).to(v.dtype)
+        return weighted_values(f, v, dropout_p, z)
 
     @property
     def fused(self):

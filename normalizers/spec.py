@@ -67,11 +67,16 @@ def reference_weights(q, k, weights_fn, **args):
         return weights_fn(*causal_scores(q, k), **args)
 
 
+def weighted_values(p, v, dropout_p=0.0, z=None):
+    """dropout(p)·V, divided row by row by z (B, H, T, 1) when given, in p's dtype; cast back to v's."""
+    with torch.autocast(p.device.type, enabled=False):
+        y = F.dropout(p, dropout_p) @ v.to(p.dtype)  # dropout scales single weights: it commutes with 1/z
+        return (y if z is None else y / z).to(v.dtype)
+
+
 def reference_attention(q, k, v, weights_fn, dropout_p=0.0, **args):
     """Exact causal attention that materialises the T×T weights."""
-    p = F.dropout(reference_weights(q, k, weights_fn, **args), dropout_p)
-    with torch.autocast(q.device.type, enabled=False):
-        return (p @ v.to(p.dtype)).to(v.dtype)
+    return weighted_values(reference_weights(q, k, weights_fn, **args), v, dropout_p)
 
 
 class Normalizer:
