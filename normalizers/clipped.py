@@ -6,7 +6,7 @@ nothing without pushing its logits to ±inf. ζ = clip_zeta, γ = −clip_alpha 
 Fused: aten's flash forward gives the LSE, then the elementwise kernel family's.
 """
 
-import torch
+import torch.nn.functional as F
 
 from .elementwise import ElementwiseNormalizer
 from .softmax import causal_softmax
@@ -37,8 +37,9 @@ class Clipped(ElementwiseNormalizer):
         return {"zeta": attn.clip_zeta, "gamma": attn.clip_gamma}
 
     def terms(self, s, mask, zeta, gamma):
-        p = causal_softmax(s, mask)
-        return torch.clamp(p * (zeta - gamma) + gamma, 0, 1), None  # masked: clip(γ ≤ 0) = 0 exactly
+        u = causal_softmax(s, mask).mul(zeta - gamma).add_(gamma)
+        # clip to [0, 1] (masked: γ ≤ 0 -> exactly 0) with hardtanh: its backward is one fused pass, clamp's four
+        return F.hardtanh_(u, 0.0, 1.0), None
 
     def fused_unavailable(self, device_type, auto):
         if device_type not in ("cpu", "cuda"):

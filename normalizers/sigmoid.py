@@ -6,8 +6,6 @@ keeps the early rows' total weight near softmax's 1 (their configs: −ln 2048 =
 
 import math
 
-import torch
-
 from .elementwise import ElementwiseNormalizer
 from .spec import Setting, zero_where_masked
 
@@ -27,4 +25,4 @@ class Sigmoid(ElementwiseNormalizer):
         return {"bias": attn.sigmoid_bias}
 
     def terms(self, s, mask, bias):
-        return zero_where_masked(torch.sigmoid(s + bias), mask), None
+        return zero_where_masked((s + bias).sigmoid_(), mask), None  # in place: sigmoid's backward needs only its output

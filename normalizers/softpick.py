@@ -17,12 +17,13 @@ from .spec import Setting, positive, zero_where_masked
 
 class SoftpickTerms(torch.autograd.Function):
     """(s, mask, ε) -> (ReLU(e), Σ_j |e| + ε) with e = e^(s−m) − e^(−m), m = max(0, max_j s), and the backward
-    written out: autograd's would take twice as many passes over T×T on CPU.
+    written out: autograd's takes three times as many passes over T×T, and on CPU each pass costs.
 
-    With x = e^(s−m): de = dr·[e > 0] + dz·sign(e), ds = de·x. The shift cancels between numerator and denominator
-    except in ε·e^m, so the max's own gradient is ε·dz on the argmax key (shared by ties, none when m = 0 is the
-    clamp); the argmax is where x = 1, i.e. floor(x) = 1 (x ≤ 1 everywhere). Masked keys have s = 0, hence e = 0:
-    no weight and no gradient."""
+    With x = e^(s−m): ds = x·(dr·[e > 0] + dz·sign(e)) = dr·ReLU(a) + dz·a for a = sign(e)·x, the one T×T tensor
+    saved. The shift cancels between numerator and denominator except in ε·e^m, so the max's own gradient is ε·dz
+    on the argmax key, shared by ties, none when m = 0 is the clamp: the argmax keys are those with a = 1 (x = 1 and
+    e = 1 − e^(−m) > 0), found as floor(ReLU(a)) = 1 since a ≤ 1. Masked keys have s = 0, hence e = 0 and a = 0: no
+    weight and no gradient."""
 
     @staticmethod
     def forward(ctx, s, mask, eps):
@@ -30,17 +31,18 @@ class SoftpickTerms(torch.autograd.Function):
         m = s.amax(dim=-1, keepdim=True).clamp_(min=0)
         x = s.sub_(m).exp_()
         e = x - torch.exp(-m)
-        ctx.save_for_backward(x, e, m)
+        f, z = torch.relu(e), e.abs().sum(dim=-1, keepdim=True).add_(eps)
+        ctx.save_for_backward(e.sign_().mul_(x))
         ctx.eps = eps
-        return torch.relu(e), e.abs().sum(dim=-1, keepdim=True).add_(eps)
+        return f, z
 
     @staticmethod
     def backward(ctx, dr, dz):
-        x, e, m = ctx.saved_tensors
-        ds = torch.sign(e).mul_(dz).add_(dr * torch.sign(torch.relu(e))).mul_(x)
-        argmax = torch.floor(x)
-        ds.addcmul_(argmax, dz * ctx.eps * (m > 0) / argmax.sum(dim=-1, keepdim=True).clamp_(min=1))
-        return ds, None, None
+        a, = ctx.saved_tensors
+        ds = torch.relu(a)
+        argmax = torch.floor(ds)
+        ds.mul_(dr).addcmul_(a, dz)
+        return ds.addcmul_(argmax, dz * ctx.eps / argmax.sum(dim=-1, keepdim=True).clamp_(min=1)), None, None
 
 
 class Softpick(ElementwiseNormalizer):
