@@ -8,14 +8,14 @@ from config.shakespeare_char.cpu import *
 n_layer = 3
 max_iters = 500
 lr_decay_iters = 500
-learning_rate = 4e-3  # the middle of config/study_cpu_full.py's sweep; each normalizer's own: study_settings below
+learning_rate = 4e-3  # mid-grid in config/study_cpu_full.py's sweep; each normalizer's own: study_settings below
 warmup_iters = 50
 eval_interval = 100  # 6 evals: the statistics' curves over training (train.py logs model_stats at each)
 eval_iters = 10  # train.py's loss estimate; the report's val loss is exact (analysis.perplexity) anyway
 log_interval = 50
-# Each normalizer's learning rate: its choice in the sweep of config/study_cpu_full.py (stage 1: seed 0, AdamW,
-# learning_rate in 1e-3 ... 1.6e-2, lowest exact val loss; run as python -m analysis.study config/study_cpu.py
-# --name study_cpu_full --sweep learning_rate=1e-3,2e-3,4e-3,8e-3,1.6e-2, 2026-11-23; no choice at the grid's edge).
+# Each normalizer's learning rate: its AdamW choice in the sweep of config/study_cpu_full.py (stage 1: seed 0,
+# learning_rate 1e-3 ... 3.2e-2, lowest exact val loss; results/cpu-full-study/report.md, 2026-11-23; every choice
+# inside the grid).
 study_max_tokens = 8192  # val tokens per quantized variant (the default 32768 would cost ~1 of the 15 minutes)
 study_settings = {
     "softmax": {"learning_rate": 8e-3},
