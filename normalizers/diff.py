@@ -14,7 +14,7 @@ import torch.nn as nn
 from kernels.diff import diff_attention
 
 from .softmax import causal_softmax
-from .spec import Normalizer
+from .spec import Normalizer, at_least_fp32
 
 
 class Diff(Normalizer):
@@ -41,12 +41,12 @@ class Diff(Normalizer):
         attn.subln = nn.RMSNorm(2 * d, eps=1e-5, elementwise_affine=True)
 
     def args(self, attn, x):
-        lam1 = torch.exp(torch.dot(attn.lambda_q1, attn.lambda_k1).float())
-        lam2 = torch.exp(torch.dot(attn.lambda_q2, attn.lambda_k2).float())
+        lam1 = torch.exp(at_least_fp32(torch.dot(attn.lambda_q1, attn.lambda_k1)))
+        lam2 = torch.exp(at_least_fp32(torch.dot(attn.lambda_q2, attn.lambda_k2)))
         return {"lam": lam1 - lam2 + attn.lambda_init}
 
     def merge_heads(self, attn, y):
-        return (attn.subln(y.float()) * (1 - attn.lambda_init)).type_as(y)  # fp32 norm, as under autocast
+        return (attn.subln(at_least_fp32(y)) * (1 - attn.lambda_init)).type_as(y)  # fp32 norm, as under autocast
 
     def weights(self, s, mask, lam):
         # Interleaved sub-heads (B, H, T, T) -> A1 − λ·A2 (B, H/2, T, T).

@@ -42,11 +42,15 @@ def positive(value, cfg):
     return None if value > 0 else "must be > 0"
 
 
+def at_least_fp32(x):
+    """x in fp32, or in its own dtype where that is wider: fp64 stays fp64 (the float64 oracles' tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def causal_scores(q, k):
     """s = q·kᵀ/√d in fp32 (fp64 stays fp64), with the causal mask (T, T, True = visible)."""
     T = q.size(-2)
-    dt = torch.promote_types(q.dtype, torch.float32)
-    s = (q.to(dt) * q.size(-1) ** -0.5) @ k.to(dt).transpose(-2, -1)  # scaling q costs T·d, s would cost T·T
+    s = (at_least_fp32(q) * q.size(-1) ** -0.5) @ at_least_fp32(k).transpose(-2, -1)  # scaling q: T·d, not T·T
     return s, torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
 
 
