@@ -869,7 +869,10 @@ def main(argv=None):
     if not prepare_data.is_prepared(Path("data") / base.dataset):
         if base.dataset not in prepare_data.OFFLINE_DATASETS:
             sys.exit(f"error: dataset {base.dataset!r} is not prepared: run  python prepare_data.py {base.dataset}")
-        prepare_data.prepare(base.dataset)
+        try:
+            prepare_data.prepare(base.dataset)
+        except (ValueError, OSError) as e:  # as prepare_data.py's own command reports them
+            sys.exit(f"error: preparing data/{base.dataset} failed: {e}")
 
     sweep = None
     if len(points) == 1:  # nothing to choose: every run at once

@@ -186,6 +186,14 @@ def test_gates_and_optimizers_train_each_variant_and_compare_it_with_its_own_opt
     assert {"layers_attn_sink.png", "layers_attn_sink-muon.png"} <= {p.name for p in (tmp_path / "variants").iterdir()}
 
 
+def test_data_that_cannot_be_prepared_is_one_error_line(tmp_path):
+    (tmp_path / "data").write_text("not a directory")  # where the study would write data/shakespeare_char
+    proc = run_study(tmp_path / "studies", cwd=tmp_path, ok=False)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: preparing data/shakespeare_char failed: ")
+    assert (tmp_path / "data").read_text() == "not a directory"  # nothing lost
+
+
 def test_holm_against_a_hand_computed_case():
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, then 0.04·1 = 0.04 < 0.06 -> 0.06 (monotone)
     adjusted = study.holm([0.01, 0.04, 0.03, math.nan, 0.005])
