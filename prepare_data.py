@@ -54,6 +54,11 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during prepare(); the message says what was kept."""
 
 
+# What prepare() raises for bad input, a missing optional library or a failing disk: its message is the fix, so
+# callers report it as one error line.
+PREPARE_ERRORS = (ValueError, OSError, ImportError)
+
+
 # -----------------------------------------------------------------------------
 # tokenizers
 
@@ -528,7 +533,7 @@ def main(argv=None):
     try:
         prepare(args.name or args.dataset, args.out_dir, args.force, files=args.text, tokenizer=args.tokenizer,
                 val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc)
-    except (ValueError, OSError, ImportError) as e:
+    except PREPARE_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:
         print(str(e) if isinstance(e, Interrupted) else "interrupted: run the command again", file=sys.stderr)

@@ -871,7 +871,7 @@ def main(argv=None):
             sys.exit(f"error: dataset {base.dataset!r} is not prepared: run  python prepare_data.py {base.dataset}")
         try:
             prepare_data.prepare(base.dataset)
-        except (ValueError, OSError) as e:  # as prepare_data.py's own command reports them
+        except prepare_data.PREPARE_ERRORS as e:
             sys.exit(f"error: preparing data/{base.dataset} failed: {e}")
 
     sweep = None

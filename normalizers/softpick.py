@@ -17,7 +17,7 @@ from .spec import Setting, positive, zero_where_masked
 
 class SoftpickTerms(torch.autograd.Function):
     """(s, mask, ε) -> (ReLU(e), Σ_j |e| + ε) with e = e^(s−m) − e^(−m), m = max(0, max_j s), and the backward
-    written out: autograd's takes three times as many passes over T×T, and on CPU each pass costs.
+    written out: autograd's would keep more T×T tensors and take more passes over them, and on CPU each pass costs.
 
     With x = e^(s−m): ds = x·(dr·[e > 0] + dz·sign(e)) = dr·ReLU(a) + dz·a for a = sign(e)·x, the one T×T tensor
     saved. The shift cancels between numerator and denominator except in ε·e^m, so the max's own gradient is ε·dz
