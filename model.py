@@ -2,7 +2,8 @@
 A GPT-2 language model whose attention normalizer is a config flag (attn_norm).
 
 The architecture is nanoGPT's (pre-LN blocks, learned positions, GELU MLP, tied embeddings) with the same
-module names, so checkpoints and tooling map one to one. Only the normalizer inside attention changes. Each
+module names, so checkpoints and tooling map one to one. The block can instead be LLaMA's, by settings (pos_emb,
+norm, mlp, qk_norm; config/llama_style.py), so that a finding can be checked on a modern block. Each
 normalizer is a spec in normalizers/ (its exact reference, its fused path, its parameters, its head layout and
 its settings); this file asks the registry, normalizers.NORMALIZERS, for the one a config names.
 """
@@ -17,6 +18,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import normalizers
+from normalizers.spec import at_least_fp32
 
 
 @dataclass
@@ -32,6 +34,12 @@ class GPTConfig:
     bias: bool = False  # biases in Linears and LayerNorms; GPT-2 has them, without is a bit better and faster
     attn_norm: str = "softmax"  # a name in normalizers.NORMALIZERS
     attn_impl: str = "auto"  # auto | fused | reference (normalizers/__init__.py)
+    # block (defaults: GPT-2's; BLOCKS names the presets)
+    pos_emb: str = "learned"  # positions: learned (GPT-2's wpe), rope (rotary, on each head's q and k) or none
+    rope_theta: float = 10000.0  # RoPE's base: pair i of a head turns by position · rope_theta^(-2i/head_dim)
+    norm: str = "layernorm"  # the blocks' and the final norm: layernorm, or rmsnorm (no centring, no bias)
+    mlp: str = "gelu"  # gelu (4·n_embd hidden), or swiglu (c_proj(silu(gate)·up), hidden 2/3·4·n_embd, up to 64s)
+    qk_norm: bool = False  # RMSNorm with a learned scale on each head's q and k, before RoPE and the scores
 
     def __post_init__(self):
         self.check()
@@ -54,6 +62,14 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for key, valid in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"{key} must be one of {', '.join(valid)}, got {getattr(self, key)!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_emb='rope' turns pairs of a head's channels, so the head width n_embd/n_head must be "
+                             f"even (got {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head})")
         normalizers.check_config(self)
 
 
@@ -69,6 +85,38 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def make_norm(config, width):
+    """The norm the config names: GPT-2's LayerNorm, or torch's RMSNorm (LLaMA's: no centring, no bias)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(width, eps=1e-5)
+    return LayerNorm(width, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """RoPE (Su et al. 2021, RoFormer, eq. 34): turns each pair (x_2i, x_2i+1) of a head's q or k by the angle
+    t·θ^(-2i/d) of its position t, so that q_t·k_s depends on t − s only. Adjacent channels pair up as in the paper,
+    Meta's LLaMA and the Differential Transformer's code (interleaved=True). No parameters; the cos/sin table is
+    computed once in float64 and cached per device and dtype (bf16 q gets a bf16 table, float64 a float64 one)."""
+
+    def __init__(self, head_dim, block_size, theta):
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (block_size, d/2)
+        self.tables = {}
+
+    def table(self, T, device, dtype):
+        if (device, dtype) not in self.tables:
+            self.tables[device, dtype] = (self.angles.cos().to(device, dtype), self.angles.sin().to(device, dtype))
+        cos, sin = self.tables[device, dtype]
+        return cos[:T], sin[:T]
+
+    def forward(self, x):
+        """x (B, heads, T, d) -> each position's pairs turned by its angles."""
+        cos, sin = self.table(x.size(-2), x.device, x.dtype)
+        even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -82,10 +130,23 @@ class CausalSelfAttention(nn.Module):
         self.normalizer.add_parameters(self, config, layer_idx)  # η, λ, sink logits, ... (after c_attn, c_proj)
         self.gate = normalizers.gates.get(config.attn_gate)  # last: ungated models initialise as they always did
         self.gate.add_parameters(self, config)
+        # Every normalizer's q and k heads are n_embd/n_head wide (diff's sub-heads, diff2's 2H query heads too), so
+        # one norm and one rotation serve each layout. A virtual key (kvbias's k′) is neither: it has no position,
+        # and its scale is what lets it absorb attention.
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-5) if config.qk_norm else None
+        self.rotary = Rotary(head_dim, config.block_size, config.rope_theta) if config.pos_emb == "rope" else None
 
     def qkv(self, x):
-        """q, k, v as (B, heads, T, head_dim), in the normalizer's head layout."""
-        return self.normalizer.split_heads(*self.c_attn(x).split(self.qkv_sizes, dim=2), self.n_head)
+        """q, k, v as (B, heads, T, head_dim), in the normalizer's head layout; q and k normed (qk_norm), then
+        turned by position (rope)."""
+        q, k, v = self.normalizer.split_heads(*self.c_attn(x).split(self.qkv_sizes, dim=2), self.n_head)
+        if self.q_norm is not None:  # in fp32 at least, as under autocast the block's norms are
+            q, k = self.q_norm(at_least_fp32(q)).type_as(q), self.k_norm(at_least_fp32(k)).type_as(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        return q, k, v
 
     def norm_args(self, x=None):
         """The tensors the normalizer needs besides q, k, v (η, λ, ...), shared by the reference and fused paths."""
@@ -119,13 +180,53 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+def swiglu_hidden(n_embd):
+    """SwiGLU's hidden width: 2/3 of GELU's 4·n_embd, so that its three matrices hold about as many weights as
+    GELU's two, rounded up to a multiple of 64 as LLaMA does (768 -> 2048, 128 -> 384)."""
+    return math.ceil(2 * 4 * n_embd / 3 / 64) * 64
+
+
+class SwiGLU(nn.Module):
+    """LLaMA's MLP (Shazeer 2020, "GLU Variants Improve Transformer"): c_proj(silu(gate) ⊙ up), with c_fc computing
+    [gate | up] in one matmul."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = swiglu_hidden(config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * up))
+
+
+POS_EMBS = ("learned", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = {"gelu": MLP, "swiglu": SwiGLU}
+# The named blocks: the settings that make GPT-2's block (GPTConfig's defaults) and LLaMA's. Studies take them as
+# an axis (--blocks), and run names carry the name of a block other than gpt2.
+BLOCKS = {"gpt2": {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False},
+          "llama": {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}}
+
+
+def block_name(cfg):
+    """The name in BLOCKS of cfg's block, else its settings that differ from GPT-2's, e.g. 'rope-qk_norm'."""
+    for name, settings in BLOCKS.items():
+        if all(getattr(cfg, key) == value for key, value in settings.items()):
+            return name
+    return "-".join(key if type(value) is bool else getattr(cfg, key)
+                    for key, value in BLOCKS["gpt2"].items() if getattr(cfg, key) != value)
+
+
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = MLPS[config.mlp](config)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -174,10 +275,10 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos_emb == "learned" else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (https://paperswithcode.com/method/weight-tying): one matrix embeds and un-embeds.
@@ -197,16 +298,21 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; position embeddings are subtracted by default (token ones are tied to lm_head)."""
+        """Parameter count; position embeddings (if learned) are subtracted by default (token ones are tied to
+        lm_head)."""
         n_params = sum(p.numel() for p in self.parameters())
-        return n_params - self.transformer.wpe.weight.numel() if non_embedding else n_params
+        if non_embedding and "wpe" in self.transformer:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
 
     def forward(self, idx, targets=None):
         b, t = idx.size()
         if t > self.config.block_size:
             raise ValueError(f"sequence of length {t} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:  # pos_emb='learned' (rope turns q and k inside attention; none has no positions)
+            x = x + self.transformer.wpe(torch.arange(0, t, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)

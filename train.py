@@ -31,7 +31,7 @@ import normalizers
 import runtime
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, save_checkpoint
 from configurator import ConfigError
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, block_name
 from prepare_data import DataError, load_prepared, tokenizer_identity
 
 
@@ -54,7 +54,7 @@ OPTIMIZERS = ("adamw", "muon")  # the optimizer setting's values (configure_opti
 class TrainConfig(GPTConfig):
     DERIVED = {"vocab_size": "it is the dataset's (meta.json), padded by runtime.padded_vocab_size"}
     # I/O
-    out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>-s<seed>
+    out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>[-<block>]-s<seed>, block unless gpt2
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
     log_interval: int = 1  # log the training loss every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
@@ -66,7 +66,7 @@ class TrainConfig(GPTConfig):
     # wandb
     wandb_log: bool = False  # log to wandb too (WANDB_MODE=offline works without network)
     wandb_project: str = "attnorm"  # the wandb project
-    wandb_run_name: str = ""  # empty: '<attn_norm>-s<seed>'
+    wandb_run_name: str = ""  # empty: '<attn_norm>[-<block>]-s<seed>', block unless gpt2
     wandb_group: str = ""  # runs of one study share a group (run_study.sh sets it); empty: none
     wandb_tags: str = ""  # comma-separated tags, added to attn_norm, optimizer and seed=<seed>
     # data
@@ -140,6 +140,13 @@ class TrainConfig(GPTConfig):
     def model_config(self, vocab_size=50304):
         return GPTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GPTConfig)}
                          | {"vocab_size": vocab_size})
+
+
+def run_label(cfg):
+    """attn_norm, and the block (model.block_name) unless GPT-2's: a LLaMA-style run never shares a default out_dir
+    with a GPT-2 one."""
+    block = block_name(cfg)
+    return cfg.attn_norm if block == "gpt2" else f"{cfg.attn_norm}-{block}"
 
 
 def load_config(argv):
@@ -351,7 +358,7 @@ class MetricsLog:
         self.tokens_per_iter, self.wandb = tokens_per_iter, None
         if cfg.wandb_log and master:
             import wandb
-            run_name = cfg.wandb_run_name or f"{cfg.attn_norm}-s{cfg.seed}"
+            run_name = cfg.wandb_run_name or f"{run_label(cfg)}-s{cfg.seed}"
             tags = [cfg.attn_norm, cfg.optimizer, f"seed={cfg.seed}", *filter(None, cfg.wandb_tags.split(","))]
             wandb.init(project=cfg.wandb_project, name=run_name, config=dataclasses.asdict(cfg), dir=str(out_dir),
                        id=f"{run_name}-{hashlib.md5(str(out_dir.resolve()).encode()).hexdigest()[:8]}",
@@ -399,7 +406,7 @@ def preflight(argv, world_size):
 def main(argv):
     cfg = load_config(argv)
     cfg.validate(int(os.environ.get("WORLD_SIZE", 1)))
-    cfg.out_dir = cfg.out_dir or f"out/{cfg.dataset}-{cfg.n_layer}x{cfg.n_embd}-{cfg.attn_norm}-s{cfg.seed}"
+    cfg.out_dir = cfg.out_dir or f"out/{cfg.dataset}-{cfg.n_layer}x{cfg.n_embd}-{run_label(cfg)}-s{cfg.seed}"
     dist_ctx = runtime.setup_distributed(cfg.device)
     data, meta = load_dataset(cfg)
     out_dir = Path(cfg.out_dir)

@@ -115,9 +115,10 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def diff2_attention_module(x, W):
+def diff2_attention_module(x, W, qk=None):
     """Differential Transformer V2 (multihead_flashdiffv2.py's layout) from its weights, float64. x: (B, T, C); W:
-    c_attn.weight (4C, C) computing [q (2C) | k | v], optional c_attn.bias, c_proj.*, lambda_proj.weight (H, C)."""
+    c_attn.weight (4C, C) computing [q (2C) | k | v], optional c_attn.bias, c_proj.*, lambda_proj.weight (H, C).
+    qk(q, k): what the block does to q and k, (B, T, heads, d) each, before the scores (qk_norm, rope)."""
     x = np.asarray(x, dtype=np.float64)
     B, T, C = x.shape
     H = W["lambda_proj.weight"].shape[0]
@@ -125,6 +126,7 @@ def diff2_attention_module(x, W):
     qkv = x @ W["c_attn.weight"].T + W.get("c_attn.bias", 0.0)
     q = qkv[..., :2 * C].reshape(B, T, 2 * H, d)  # flash_attn's GQA: query head j reads kv head j // 2
     k, v = qkv[..., 2 * C:3 * C].reshape(B, T, H, d), qkv[..., 3 * C:].reshape(B, T, H, d)
+    q, k = (q, k) if qk is None else qk(q, k)
     lam = x @ W["lambda_proj.weight"].T  # (B, T, H)
     out = np.zeros((B, T, H, d))
     for b in range(B):
@@ -179,10 +181,11 @@ def rmsnorm(x, weight, eps=1e-5):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def diff_attention_module(x, W, layer):
+def diff_attention_module(x, W, layer, qk=None):
     """The whole DiffAttention output from its weights. x: (B, T, C); W: numpy float64 dict with c_attn.weight
     (3C, C), optional c_attn.bias, c_proj.weight, optional c_proj.bias, subln.weight (2d,), lambda_q1 ... (d,);
-    n_head = the number of (sub-)heads of q and k, as in GPTConfig."""
+    n_head = the number of (sub-)heads of q and k, as in GPTConfig. qk(q, k): what the block does to q and k,
+    (B, T, 2h, d) each, before the scores (the official code rotates every d-wide sub-head)."""
     x = np.asarray(x, dtype=np.float64)
     B, T, C = x.shape
     qkv = x @ W["c_attn.weight"].T + W.get("c_attn.bias", 0.0)
@@ -190,6 +193,7 @@ def diff_attention_module(x, W, layer):
     n_head = W["n_head"]
     d = C // n_head
     q, k = q.reshape(B, T, n_head, d), k.reshape(B, T, n_head, d)
+    q, k = (q, k) if qk is None else qk(q, k)
     v = v.reshape(B, T, n_head // 2, 2 * d)
     lam = diff_lambda(W["lambda_q1"], W["lambda_k1"], W["lambda_q2"], W["lambda_k2"], layer)
     o = diff_heads(q, k, v, lam)
@@ -212,44 +216,82 @@ def gelu(x):
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
-def gpt_logits(sd, idx, n_head, attn_norm, eta=1.0):
-    """sd: {name: float64 array} (a GPT state_dict); idx (B, T) ints -> logits (B, T, V) in float64."""
+def rope(x, theta=10000.0, positions=None):
+    """RoPE (RoFormer, eq. 34) as complex multiplication: x (B, T, heads, d), each channel pair (2i, 2i+1) read as
+    x_2i + i·x_2i+1 and multiplied by e^(i·t·θ^(-2i/d)) at position t (positions: (T,), default 0..T-1)."""
+    x = np.asarray(x, dtype=np.float64)
+    T, d = x.shape[1], x.shape[-1]
+    t = np.arange(T, dtype=np.float64) if positions is None else np.asarray(positions, dtype=np.float64)
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) * np.exp(1j * np.outer(t, theta ** (-np.arange(0, d, 2) / d)))[:, None]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = z.real, z.imag
+    return out
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def swiglu_mlp(x, w_fc, w_proj, b_fc=None, b_proj=None):
+    """LLaMA's MLP: (silu(x·W_gate) ⊙ x·W_up)·W_proj, with c_fc's rows [W_gate | W_up]."""
+    h = x @ w_fc.T + (0.0 if b_fc is None else b_fc)
+    gate, up = np.split(h, 2, axis=-1)
+    return (silu(gate) * up) @ w_proj.T + (0.0 if b_proj is None else b_proj)
+
+
+def gpt_logits(sd, idx, n_head, attn_norm, eta=1.0, pos_emb="learned", norm="layernorm", mlp="gelu",
+               qk_norm=False, rope_theta=10000.0, block_size=None):
+    """sd: {name: float64 array} (a GPT state_dict); idx (B, T) ints -> logits (B, T, V) in float64. The block
+    settings as GPTConfig's; block_size (default: wpe's rows) for sigmoid's bias."""
     g = lambda name: sd.get(name)
     idx = np.asarray(idx)
     B, T = idx.shape
-    x = g("transformer.wte.weight")[idx] + g("transformer.wpe.weight")[:T]
+    x = g("transformer.wte.weight")[idx] + (g("transformer.wpe.weight")[:T] if pos_emb == "learned" else 0.0)
+    block_size = block_size or g("transformer.wpe.weight").shape[0]
     C = x.shape[-1]
     d = C // n_head
+    norm_fn = (lambda x, w, b: rmsnorm(x, w)) if norm == "rmsnorm" else layer_norm
     layer = 0
     while f"transformer.h.{layer}.ln_1.weight" in sd:
         p = f"transformer.h.{layer}."
-        h = layer_norm(x, g(p + "ln_1.weight"), g(p + "ln_1.bias"))
+
+        def qk(q, k):  # (B, T, heads, d): per-head RMSNorm, then rotation
+            if qk_norm:
+                q, k = rmsnorm(q, g(p + "attn.q_norm.weight")), rmsnorm(k, g(p + "attn.k_norm.weight"))
+            return (rope(q, rope_theta), rope(k, rope_theta)) if pos_emb == "rope" else (q, k)
+
+        h = norm_fn(x, g(p + "ln_1.weight"), g(p + "ln_1.bias"))
         W = {k[len(p + "attn."):]: v for k, v in sd.items() if k.startswith(p + "attn.")}
         if attn_norm == "diff":
             W["n_head"] = n_head
-            x = x + diff_attention_module(h, W, layer)
+            x = x + diff_attention_module(h, W, layer, qk)
         elif attn_norm == "diff2":
-            x = x + diff2_attention_module(h, W)
+            x = x + diff2_attention_module(h, W, qk)
         else:
             qkv = h @ g(p + "attn.c_attn.weight").T + (g(p + "attn.c_attn.bias") if g(p + "attn.c_attn.bias") is not None else 0.0)
-            q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, n_head, d).transpose(0, 2, 1, 3) for i in range(3))
+            q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, n_head, d) for i in range(3))
+            q, k = qk(q, k)
+            q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
             etas = np.broadcast_to(np.exp(g(p + "attn.log_eta")) if g(p + "attn.log_eta") is not None else eta, (n_head,))
             if attn_norm == "sink":
                 y = virtual_key_loop_attention(q, k, v, np.broadcast_to(W["sink"][:, None], (B, n_head, T)),
                                                np.zeros((n_head, d)))
-            elif attn_norm == "kvbias":
+            elif attn_norm == "kvbias":  # k′ has no position: never rotated, q is
                 logits = np.einsum("bhtd,hd->bht", q, W["k_bias"]) / math.sqrt(d)
                 y = virtual_key_loop_attention(q, k, v, logits, W["v_bias"])
             else:
-                block_size = g("transformer.wpe.weight").shape[0]
                 y = loop_attention(q, k, v, attn_norm, etas, **default_settings(attn_norm, block_size))
             y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
             x = x + y @ g(p + "attn.c_proj.weight").T + (g(p + "attn.c_proj.bias") if g(p + "attn.c_proj.bias") is not None else 0.0)
-        h = layer_norm(x, g(p + "ln_2.weight"), g(p + "ln_2.bias"))
-        h = gelu(h @ g(p + "mlp.c_fc.weight").T + (g(p + "mlp.c_fc.bias") if g(p + "mlp.c_fc.bias") is not None else 0.0))
-        x = x + h @ g(p + "mlp.c_proj.weight").T + (g(p + "mlp.c_proj.bias") if g(p + "mlp.c_proj.bias") is not None else 0.0)
+        h = norm_fn(x, g(p + "ln_2.weight"), g(p + "ln_2.bias"))
+        if mlp == "swiglu":
+            x = x + swiglu_mlp(h, g(p + "mlp.c_fc.weight"), g(p + "mlp.c_proj.weight"), g(p + "mlp.c_fc.bias"),
+                               g(p + "mlp.c_proj.bias"))
+        else:
+            h = gelu(h @ g(p + "mlp.c_fc.weight").T + (g(p + "mlp.c_fc.bias") if g(p + "mlp.c_fc.bias") is not None else 0.0))
+            x = x + h @ g(p + "mlp.c_proj.weight").T + (g(p + "mlp.c_proj.bias") if g(p + "mlp.c_proj.bias") is not None else 0.0)
         layer += 1
-    x = layer_norm(x, g("transformer.ln_f.weight"), g("transformer.ln_f.bias"))
+    x = norm_fn(x, g("transformer.ln_f.weight"), g("transformer.ln_f.bias"))
     return x @ g("lm_head.weight").T
 
 

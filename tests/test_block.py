@@ -1,0 +1,285 @@
+"""The block settings (pos_emb, rope_theta, norm, mlp, qk_norm) against float64 oracles written from their formulas
+in tests/helpers.py (RoPE as complex multiplication, RMSNorm, SwiGLU, a whole GPT forward pass with them), gradients
+by gradcheck, every normalizer and gate on the reference and fused paths, and the LLaMA-style model's training
+and bit-identical resume."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import model
+import normalizers
+from helpers import (REPO, TINY, gpt_logits, read_metrics, rmsnorm, rope, run_train, state_dict_f64, swiglu_mlp,
+                     workdir)
+from model import GPT, GPTConfig
+
+NORMS = tuple(normalizers.NORMALIZERS)
+LLAMA = model.BLOCKS["llama"]
+
+
+def tiny(attn_norm="softmax", **kw):
+    return GPTConfig(**dict(block_size=16, vocab_size=65, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True,
+                            attn_norm=attn_norm) | kw)
+
+
+def randomize_(module, seed, std=0.3):
+    """Non-trivial values for every parameter (norm scales too, so that a scale left out shows)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std)
+    return module
+
+
+def randn(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the pieces against their formulas
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500.0])
+def test_rope_matches_complex_multiplication(theta):
+    """Rotary on (B, heads, T, d) = the oracle's x_2i + i·x_2i+1 times e^(i·t·θ^(-2i/d)), in float64."""
+    x = randn(2, 3, 16, 8)
+    got = model.Rotary(8, 16, theta)(x)
+    expected = rope(x.transpose(1, 2).numpy(), theta).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+    assert np.abs(expected - x.numpy()).max() > 0.5  # positions > 0 do turn
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    """One q and one k vector at every position: after the rotation, q_t·k_s = q_{t+o}·k_{s+o} for every offset o
+    (the property RoPE is built for), and it does change with t − s."""
+    T, d = 24, 8
+    rotary = model.Rotary(d, T, 10000.0)
+    q, k = (randn(1, 1, 1, d, seed=s).expand(1, 1, T, d) for s in (1, 2))
+    s = (rotary(q) @ rotary(k).transpose(-2, -1))[0, 0]
+    for o in (1, 5, 17):
+        np.testing.assert_allclose(s[o:, o:].numpy(), s[:T - o, :T - o].numpy(), rtol=0, atol=1e-12)
+    assert (s[1:, 0] - s[0, 0]).abs().min() > 1e-3  # not a constant: the score does depend on the distance
+
+
+def test_rope_table_cached_per_device_and_dtype():
+    """The table is computed in float64 and cast: float32 q gets the float64 table rounded once (not cos of a float32
+    angle), bf16 a bf16 table, and each is built once."""
+    rotary = model.Rotary(8, 1024, 10000.0)
+    cos32, _ = rotary.table(1024, torch.device("cpu"), torch.float32)
+    cos64, _ = rotary.table(1024, torch.device("cpu"), torch.float64)
+    assert cos32.dtype == torch.float32 and cos64.dtype == torch.float64
+    assert torch.equal(cos32, cos64.float())
+    angles = np.arange(1024.0)[:, None] * 10000.0 ** (-np.arange(0.0, 8.0, 2.0) / 8)
+    np.testing.assert_allclose(cos64.numpy(), np.cos(angles), rtol=0, atol=1e-13)
+    assert rotary(randn(1, 1, 4, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert len(rotary.tables) == 3 and rotary.table(3, torch.device("cpu"), torch.float32)[0] is not cos32
+    assert len(rotary.tables) == 3
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_rmsnorm_matches_formula(bias):
+    """norm='rmsnorm': x / sqrt(mean(x²) + 1e-5) · w, no centring and no bias even with bias=True."""
+    norm = randomize_(model.make_norm(tiny(norm="rmsnorm", bias=bias), 32).double(), seed=1)
+    assert [n for n, _ in norm.named_parameters()] == ["weight"]
+    x = randn(2, 5, 32) * 3 + 1
+    np.testing.assert_allclose(norm(x).detach().numpy(), rmsnorm(x.numpy(), norm.weight.detach().numpy()),
+                               rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("n_embd, hidden", [(32, 128), (96, 256), (128, 384), (384, 1024), (768, 2048),
+                                            (1024, 2752), (4096, 10944)])
+def test_swiglu_hidden_width(n_embd, hidden):
+    """2/3 · 4 · n_embd rounded up to a multiple of 64 (hand-computed: 2/3·4·1024 = 2730.7 -> 43·64 = 2752)."""
+    assert model.swiglu_hidden(n_embd) == hidden
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_matches_formula(bias):
+    cfg = tiny(mlp="swiglu", bias=bias)
+    mlp = randomize_(model.SwiGLU(cfg).double(), seed=2)
+    assert mlp.c_fc.weight.shape == (2 * 128, 32) and mlp.c_proj.weight.shape == (32, 128)
+    x = randn(2, 5, 32)
+    w = {n: p.detach().numpy() for n, p in mlp.named_parameters()}
+    expected = swiglu_mlp(x.numpy(), w["c_fc.weight"], w["c_proj.weight"], w.get("c_fc.bias"), w.get("c_proj.bias"))
+    np.testing.assert_allclose(mlp(x).detach().numpy(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_swiglu_keeps_the_gelu_mlp_parameter_count_at_gpt2_width():
+    """At n_embd = 768 the rounding is exact: 3 · 768 · 2048 = 2 · 768 · 3072 weights."""
+    count = lambda mlp: sum(p.numel() for p in model.MLPS[mlp](GPTConfig(n_embd=768, bias=False)).parameters())
+    assert count("swiglu") == count("gelu") == 2 * 768 * 3072
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole model against the float64 forward pass, every normalizer in every block
+
+BLOCK_CASES = {
+    "rope": {"pos_emb": "rope"},
+    "qk_norm": {"qk_norm": True},
+    "llama+qk_norm": LLAMA | {"qk_norm": True, "rope_theta": 300.0},
+    "nope+rmsnorm+swiglu": {"pos_emb": "none", "norm": "rmsnorm", "mlp": "swiglu"},
+}
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+@pytest.mark.parametrize("attn_norm", NORMS)
+def test_gpt_logits_match_float64_forward(attn_norm, case):
+    """The reference path in float64 against helpers.gpt_logits: q and k normed per head, then turned by position
+    (diff's and diff2's every d-wide query/key head; kvbias's k′ never), RMSNorm and SwiGLU from their formulas."""
+    block = BLOCK_CASES[case]
+    cfg = tiny(attn_norm, attn_impl="reference", **block)  # symax's η = 1: its float32 log is exact
+    m = randomize_(GPT(cfg).double(), seed=1).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("norm.weight", "subln.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.add_(1.0)  # scales around 1, so that every one of them matters but none vanishes
+    idx = torch.randint(0, 65, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, _ = m(idx, idx)
+    expected = gpt_logits(state_dict_f64(m), idx.numpy(), cfg.n_head, attn_norm, block_size=16, **block)
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_kvbias_virtual_key_is_not_rotated():
+    """kvbias's k′ has no position: its logit is (rotated q_t)·k′/√d, as a key at position 0 would be (R_0 = I),
+    the position of the first token it stands in for. The float64 forward pass above holds that; here, the same
+    model with k′ turned as if it sat at the query's position (q·k′ unrotated) is different, so that test can tell."""
+    cfg = tiny("kvbias", attn_impl="reference", **LLAMA)
+    m = randomize_(GPT(cfg).double(), seed=3).eval()
+    idx = torch.randint(0, 65, (1, 12), generator=torch.Generator().manual_seed(4))
+    sd = state_dict_f64(m)
+    with torch.no_grad():
+        logits = m(idx, idx)[0].numpy()
+    np.testing.assert_allclose(logits, gpt_logits(sd, idx.numpy(), 4, "kvbias", block_size=16, **LLAMA), rtol=1e-9)
+    no_rope_logits = gpt_logits(sd, idx.numpy(), 4, "kvbias", block_size=16, **(LLAMA | {"pos_emb": "none"}))
+    assert np.abs(logits - no_rope_logits).max() > 1e-3  # positions matter to this model at all
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gradients
+
+
+def test_gradcheck_rotary_and_swiglu():
+    rotary = model.Rotary(6, 8, 10000.0)
+    assert torch.autograd.gradcheck(rotary, (randn(1, 2, 5, 6).requires_grad_(),))
+    mlp = randomize_(model.SwiGLU(tiny(n_embd=8, n_head=2, mlp="swiglu")).double(), seed=5)
+    assert torch.autograd.gradcheck(mlp, (randn(1, 3, 8).requires_grad_(),))
+
+
+@pytest.mark.parametrize("attn_norm", ["softmax", "diff", "kvbias", "diff2"])
+def test_gradcheck_attention_with_qk_norm_and_rope(attn_norm):
+    """The attention layer with qk_norm and rope, in float64: the gradients of the input and of the q/k norm scales
+    by finite differences (the other parameters' reach the output through the same q and k)."""
+    cfg = tiny(attn_norm, n_embd=8, n_head=2, attn_impl="reference", pos_emb="rope", qk_norm=True)
+    attn = randomize_(model.CausalSelfAttention(cfg, 1).double(), seed=6)
+    fn = lambda x, q_scale, k_scale: torch.func.functional_call(
+        attn, {"q_norm.weight": q_scale, "k_norm.weight": k_scale}, (x,), strict=False)
+    assert torch.autograd.gradcheck(fn, (randn(1, 5, 8).requires_grad_(), attn.q_norm.weight, attn.k_norm.weight))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# every normalizer and gate, reference and fused, in the LLaMA block with qk_norm
+
+
+@pytest.mark.parametrize("attn_norm", NORMS)
+def test_fused_matches_reference_in_the_llama_block(attn_norm):
+    """Fused and reference paths of one model (LLaMA block, qk_norm, a gate: each gate with some normalizers),
+    logits and every gradient, fp32. Fused where it runs on this machine (Triton kernels: TRITON_INTERPRET=1)."""
+    gate = list(normalizers.gates.GATES)[NORMS.index(attn_norm) % len(normalizers.gates.GATES)]
+    if normalizers.unavailable_reason(attn_norm, "cpu", 0.0) is not None:
+        pytest.skip(normalizers.unavailable_reason(attn_norm, "cpu", 0.0))
+    kw = dict(n_layer=1, n_embd=16, n_head=2, block_size=8, attn_gate=gate, **(LLAMA | {"qk_norm": True}))
+    idx = torch.randint(0, 65, (2, 8), generator=torch.Generator().manual_seed(7))
+    results = []
+    for impl in ("reference", "fused"):
+        torch.manual_seed(0)
+        m = randomize_(GPT(tiny(attn_norm, attn_impl=impl, **kw)), seed=8)
+        _, loss = m(idx, idx)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-6
+
+
+@pytest.mark.parametrize("attn_norm", NORMS)
+def test_llama_block_trains_under_bf16_autocast(attn_norm):
+    """Forward and backward under CPU bf16 autocast (q, k, v in bf16, the norms in fp32): a finite loss and a
+    non-zero gradient for every parameter."""
+    torch.manual_seed(0)
+    m = GPT(tiny(attn_norm, **(LLAMA | {"qk_norm": True})))
+    idx = torch.randint(0, 65, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = m(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in m.named_parameters():
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration, names, old checkpoints
+
+
+def test_llama_block_parameter_names_and_shapes():
+    m = GPT(tiny(**(LLAMA | {"qk_norm": True})))
+    shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+    assert not any("wpe" in n or n.endswith(("ln_1.bias", "ln_2.bias", "ln_f.bias")) for n in shapes)
+    p = "transformer.h.0."
+    assert shapes[p + "mlp.c_fc.weight"] == (2 * 128, 32) and shapes[p + "mlp.c_proj.weight"] == (32, 128)
+    assert shapes[p + "attn.q_norm.weight"] == shapes[p + "attn.k_norm.weight"] == (8,)
+    assert shapes[p + "ln_1.weight"] == shapes["transformer.ln_f.weight"] == (32,)
+    assert m.get_num_params() == m.get_num_params(non_embedding=False)  # no position embedding to leave out
+
+
+def test_checkpoint_without_block_settings_builds_the_gpt2_block():
+    """A checkpoint written before these settings existed has none of them in model_args: from_saved gives the
+    defaults, GPT-2's block, whose state dict loads strictly."""
+    cfg = tiny()
+    old_args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in model.BLOCKS["gpt2"] | {"rope_theta": 0}}
+    restored = GPTConfig.from_saved(old_args)
+    assert {k: getattr(restored, k) for k in model.BLOCKS["gpt2"]} == model.BLOCKS["gpt2"]
+    GPT(restored).load_state_dict(GPT(cfg).state_dict(), strict=True)
+    assert model.block_name(restored) == "gpt2" and model.block_name(tiny(**LLAMA)) == "llama"
+    assert model.block_name(tiny(pos_emb="rope", qk_norm=True)) == "rope-qk_norm"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"pos_emb": "alibi"}, "pos_emb must be one of learned, rope, none, got 'alibi'"),
+    ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm"),
+    ({"mlp": "relu"}, "mlp must be one of gelu, swiglu"),
+    ({"rope_theta": 0.0}, "rope_theta must be > 0"),
+    ({"pos_emb": "rope", "n_embd": 36, "n_head": 4}, "head width n_embd/n_head must be even"),
+])
+def test_config_errors(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        tiny(**kw)
+
+
+def test_presets_are_the_llama_block():
+    import configurator
+    import train
+    for path in ("config/llama_style.py", "config/shakespeare_char/llama_style.py"):
+        cfg = configurator.load(train.TrainConfig, [str(REPO / path)])
+        assert model.block_name(cfg) == "llama" and cfg.bias is False, path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+def test_llama_resume_is_bit_identical(tmp_path, char_data_root):
+    """The LLaMA-style block (qk_norm on, dropout on) stopped at 6 and resumed to 12 = one straight run: the same
+    weights and the same logged losses."""
+    wd = workdir(tmp_path, char_data_root)
+    args = [*TINY, "--pos_emb=rope", "--norm=rmsnorm", "--mlp=swiglu", "--qk_norm=True", "--dropout=0.1",
+            "--eval_interval=6", "--lr_decay_iters=12", "--always_save_checkpoint=True"]
+    run_train(wd, [*args, "--max_iters=6", "--out_dir=split"])
+    run_train(wd, [*args, "--max_iters=12", "--out_dir=split"])
+    run_train(wd, [*args, "--max_iters=12", "--out_dir=straight"])
+    a, b = (torch.load(wd / d / "ckpt.pt", weights_only=True) for d in ("split", "straight"))
+    assert a["iter_num"] == b["iter_num"] == 12 and a["model_args"]["mlp"] == "swiglu"
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    losses = lambda d: [(e["iter"], e["loss"]) for e in read_metrics(wd / d) if e["event"] == "train" and e["iter"] > 6]
+    assert losses("split") == losses("straight") and len(losses("straight")) == 6
