@@ -130,8 +130,13 @@ def score(model, encoded, skipped, block_size, batch_size, device, progress=Fals
 
 
 def load_encoded(encode, path=None, limit=None):
-    """encode_items over the val set (downloaded and checked), or over path's items unchecked."""
-    return encode_items(read_items(path or fetch_val_file(), limit), encode)
+    """encode_items over the val set (downloaded and checked), or over path's items unchecked; a ValueError if
+    the tokenizer can encode none of them."""
+    encoded, skipped = encode_items(read_items(path or fetch_val_file(), limit), encode)
+    if not encoded:
+        raise ValueError(f"none of the {skipped} items can be written in this model's vocabulary (a char-level "
+                         f"tokenizer lacks their characters): score a model with the GPT-2 tokenizer")
+    return encoded, skipped
 
 
 def main(argv=None):
@@ -155,9 +160,6 @@ def main(argv=None):
         encoded, skipped = load_encoded(load_tokenizer(ckpt["meta"])[0], args.data, args.limit)
     except (CheckpointError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    if not encoded:
-        raise SystemExit(f"error: none of the {skipped} items can be written in this model's vocabulary (a char-level "
-                         f"tokenizer lacks their characters): score a model with the GPT-2 tokenizer")
     values = score(model, encoded, skipped, ckpt["model_args"]["block_size"], args.batch_size, args.device,
                    progress=True)
     values["iter"] = ckpt["iter_num"]

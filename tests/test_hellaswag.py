@@ -114,7 +114,8 @@ def test_cli_on_a_checkpoint_matches_window_by_window_scoring(run):
     result = json.loads((out_dir / "eval.json").read_text())
     encode = {c: i for i, c in enumerate(VOCAB)}.__getitem__
     right_sum = right_mean = 0
-    with torch.no_grad():
+    from helpers import torch_threads
+    with torch.no_grad(), torch_threads(1):  # hundreds of tiny forwards: threads only contend
         for i in long_items()[:-1]:
             lps = [windowed_logprobs(model, [encode(c) for c in i["ctx"]], [encode(c) for c in " " + e])
                    for e in i["endings"]]
@@ -209,3 +210,32 @@ def test_no_item_in_the_vocabulary_is_one_error_line(tmp_path, run):
     with pytest.raises(SystemExit) as e:
         hellaswag.main([str(run[0]), "--data", str(data), "--device", "cpu"])
     assert str(e.value).startswith("error: none of the 1 items can be written in this model's vocabulary")
+
+
+# ---- during training ----
+
+def test_training_scores_hellaswag_every_hellaswag_interval(char_data_root, tmp_path, monkeypatch):
+    from helpers import TINY, read_metrics, run_train, workdir
+    data = write_jsonl(tmp_path / "hellaswag_val.jsonl", long_items())
+    monkeypatch.setattr(hellaswag, "VAL_FILE", data)
+    monkeypatch.setattr(hellaswag, "VAL_GIT_BLOB", hellaswag.git_blob_id(data.read_bytes()))
+    wd = workdir(tmp_path / "wd", char_data_root)
+    run_train(wd, [*TINY, "--max_iters=4", "--eval_interval=2", "--hellaswag_interval=4",
+                   "--always_save_checkpoint=True", "--out_dir=out"])
+    evals = [r for r in read_metrics(wd / "out") if r["event"] == "eval"]
+    assert [(r["iter"], "hellaswag_items" in r) for r in evals] == [(0, True), (2, False), (4, True)]
+    # The last one scored the model the checkpoint holds: the CLI scores it again.
+    hellaswag.main([str(wd / "out"), "--data", str(data), "--device", "cpu"])
+    result = json.loads((wd / "out" / "eval.json").read_text())
+    assert {k: evals[-1][k] for k in result if k != "iter"} == {k: v for k, v in result.items() if k != "iter"}
+    assert result["hellaswag_items"] == 13 and result["hellaswag_skipped"] == 0
+
+
+@pytest.mark.parametrize("interval", [-2, 3])
+def test_hellaswag_interval_must_be_a_multiple_of_eval_interval(interval):
+    import train
+    from configurator import ConfigError
+    cfg = train.load_config(["--eval_interval=2", f"--hellaswag_interval={interval}", "--device=cpu"])
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    assert str(e.value) == f"hellaswag_interval must be 0 (never) or a multiple of eval_interval (2), got {interval}"
