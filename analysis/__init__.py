@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 # The activation points model_stats taps in every block, in the order they occur in the residual stream.
-POINTS = ("attn_out", "attn_branch", "mlp_hidden", "mlp_out", "resid")
+POINTS = ("attn_in", "attn_out", "attn_branch", "mlp_in", "mlp_hidden", "mlp_out", "resid")
 
 
 def _parse_line(line):

@@ -5,13 +5,15 @@ and scaled back to float, so the model computes in fp32 exactly what an integer 
     python -m analysis.quantize OUT_DIR [--calib_batches 8] [--percentile 99.99] [--max_tokens 65536] [--device D]
 
 What is quantized:
-    weights      GPT-2's Linears: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj and lm_head. Symmetric, one scale
-                 per tensor or per output row (channel). lm_head is tied to wte, so the one shared matrix is
+    weights      GPT-2's Linears: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj and lm_head, the same set in the
+                 LLaMA-style block (SwiGLU's c_fc computes gate and up, its c_proj reads silu(gate)·up). Symmetric,
+                 one scale per tensor or per output row (channel). lm_head is tied to wte, so the one shared matrix is
                  quantized and the token embedding reads the quantized rows too, as a model stored once in int8
                  would (per-channel scales of lm_head are per-token scales of the embedding).
     activations  the input of every one of those Linears (lm_head's is ln_f's output): asymmetric, per tensor,
                  with a static range calibrated on training batches by min-max or by a percentile.
-Kept in fp32: wpe, LayerNorm/RMSNorm, biases (int32 in integer kernels), what a normalizer or gate adds (diff's λ,
+Kept in fp32: wpe, LayerNorm/RMSNorm (qk_norm's too), biases (int32 in integer kernels), RoPE's rotation, what a
+normalizer or gate adds (diff's λ,
 symax's η, diff2's λ projection, the gates' c_gate), so that every model has the same matrices quantized, and
 everything between the Linears: the attention scores, the normalizer and the weights-times-values product.
 

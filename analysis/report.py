@@ -319,8 +319,9 @@ Kurtosis, in three definitions (the literature's "kurtosis" means any of them; f
 - **act. kurt. token**: Pearson kurtosis m4 / m2² of each token's C channels, averaged over tokens, as in Kaul et
   al. 2025 ("From Attention to Activation"); normal = 3. Raised by outlier channels.
 
-Activation points per layer: `attn_out` (heads' output, input of `attn.c_proj`), `attn_branch` (attention's
-output), `mlp_hidden` (after GELU), `mlp_out` (MLP's output), `resid` (residual stream after the block), on a
+Activation points per layer: `attn_in` (`ln_1`'s output), `attn_out` (heads' output, input of `attn.c_proj`),
+`attn_branch` (attention's output), `mlp_in` (`ln_2`'s output), `mlp_hidden` (after GELU, or SwiGLU's
+silu(gate)·up), `mlp_out` (MLP's output), `resid` (residual stream after the block), on a
 fixed probe batch of val sequences. **max |act|** is the largest |activation| anywhere; **max |act| / median** the
 largest ratio of max |activation| to median |activation| at one point (massive activations: hundreds or more).
 Attention, over queries 1..T−1: **sink** = mean weight on the first token (mean and max over layers; uniform

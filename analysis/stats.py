@@ -25,9 +25,11 @@ the per-sample one.
 Matrices: h.<i>.attn.c_attn.{q,k,v} (c_attn's rows computing q, k and v), h.<i>.attn.c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj,
 wte (= the tied lm_head) and wpe. Activation points of block i, captured with forward hooks on the probe batch:
 
+    h.<i>.attn_in       ln_1's output (LayerNorm or RMSNorm): the input of attention, and of attn.c_attn
     h.<i>.attn_out      the heads' outputs, concatenated: the input of attn.c_proj
     h.<i>.attn_branch   what attention adds to the residual stream: the output of attn (after c_proj)
-    h.<i>.mlp_hidden    the MLP's hidden units after GELU
+    h.<i>.mlp_in        ln_2's output: the input of the MLP, and of mlp.c_fc
+    h.<i>.mlp_hidden    the MLP's hidden units, the input of mlp.c_proj: GELU(x·W_fc), or SwiGLU's silu(gate)·up
     h.<i>.mlp_out       what the MLP adds to the residual stream
     h.<i>.resid         the residual stream after the block
 
@@ -177,8 +179,9 @@ def model_stats(model, probe, max_tokens=8192):
     probe = probe[: max(1, max_tokens // probe.size(1))]
     values, hooks = {}, []
     for i, block in enumerate(model.transformer.h):
-        taps = ((block.attn.c_proj, "attn_out", True), (block.attn, "attn_branch", False),
-                (block.mlp.gelu, "mlp_hidden", False), (block.mlp, "mlp_out", False), (block, "resid", False))
+        taps = ((block.ln_1, "attn_in", False), (block.attn.c_proj, "attn_out", True), (block.attn, "attn_branch", False),
+                (block.ln_2, "mlp_in", False), (block.mlp.c_proj, "mlp_hidden", True), (block.mlp, "mlp_out", False),
+                (block, "resid", False))
         for module, point, from_input in taps:
             hooks.append(module.register_forward_hook(partial(_store_activation, values, f"h.{i}.{point}", from_input)))
         hooks.append(block.attn.register_forward_pre_hook(partial(_store_attention, values, f"h.{i}")))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import prepare_data
-from analysis import read_metrics
+from analysis import POINTS, read_metrics
 from analysis.perplexity import bits_per_char, evaluate_perplexity, windows
 from checkpoint import load_model
 from analysis.perplexity import main as perplexity_main
@@ -218,7 +218,7 @@ def test_model_stats_names_every_layer_and_point(attn_norm):
     stats = model_stats(model, torch.randint(0, 65, (4, 32)))
     assert not model.training
     for i in range(2):
-        for point in ("attn_out", "attn_branch", "mlp_hidden", "mlp_out", "resid"):
+        for point in POINTS:
             for stat in ("act_kurtosis_tensor", "act_kurtosis_sample", "act_kurtosis_token", "act_absmax",
                          "act_top10", "act_top100", "act_median"):
                 assert f"{stat}/h.{i}.{point}" in stats

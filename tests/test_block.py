@@ -283,3 +283,40 @@ def test_llama_resume_is_bit_identical(tmp_path, char_data_root):
         assert torch.equal(a["model"][k], b["model"][k]), k
     losses = lambda d: [(e["iter"], e["loss"]) for e in read_metrics(wd / d) if e["event"] == "train" and e["iter"] > 6]
     assert losses("split") == losses("straight") and len(losses("straight")) == 6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# analysis reads the new modules
+
+
+def test_stats_cover_swiglu_hidden_units_and_rmsnorm_outputs():
+    """model_stats on the LLaMA block: mlp_in / attn_in are the RMSNorms' outputs and mlp_hidden is silu(gate)·up,
+    computed here in float64 from the norm's output (captured at c_fc's input) and c_fc's weights."""
+    from analysis.stats import model_stats
+    torch.manual_seed(0)
+    m = GPT(tiny(**LLAMA, block_size=32))
+    probe = torch.randint(0, 65, (2, 32), generator=torch.Generator().manual_seed(1))
+    seen = {}
+    hooks = [m.transformer.h[1].mlp.c_fc.register_forward_pre_hook(lambda mod, args: seen.update(mlp_in=args[0])),
+             m.transformer.h[1].attn.c_attn.register_forward_pre_hook(lambda mod, args: seen.update(attn_in=args[0]))]
+    stats = model_stats(m, probe)
+    for h in hooks:
+        h.remove()
+    x = seen["mlp_in"].detach().double().numpy()
+    gate, up = np.split(x @ m.transformer.h[1].mlp.c_fc.weight.detach().double().numpy().T, 2, axis=-1)
+    hidden = gate / (1 + np.exp(-gate)) * up
+    assert hidden.shape[-1] == 128
+    assert stats["act_absmax/h.1.mlp_hidden"] == pytest.approx(np.abs(hidden).max(), rel=1e-5)
+    flat = hidden.ravel() - hidden.mean()
+    assert stats["act_kurtosis_tensor/h.1.mlp_hidden"] == pytest.approx(
+        (flat**4).mean() / (flat**2).mean() ** 2 - 3, rel=1e-4)
+    for point in ("mlp_in", "attn_in"):
+        assert stats[f"act_absmax/h.1.{point}"] == pytest.approx(seen[point].abs().max().item(), rel=1e-6)
+
+
+def test_quantization_covers_the_same_linears_in_both_blocks():
+    from analysis.quantize import linears
+    names = lambda cfg: [name for name, _ in linears(GPT(cfg))]
+    assert names(tiny()) == names(tiny(**(LLAMA | {"qk_norm": True}))) == [
+        f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ] + ["lm_head"]
