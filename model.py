@@ -34,11 +34,11 @@ class GPTConfig:
     bias: bool = False  # biases in Linears and LayerNorms; GPT-2 has them, without is a bit better and faster
     attn_norm: str = "softmax"  # a name in normalizers.NORMALIZERS
     attn_impl: str = "auto"  # auto | fused | reference (normalizers/__init__.py)
-    # block (defaults: GPT-2's; BLOCKS names the presets)
+    # block (defaults: GPT-2's; BLOCKS below names gpt2's and llama's)
     pos_emb: str = "learned"  # positions: learned (GPT-2's wpe), rope (rotary, on each head's q and k) or none
     rope_theta: float = 10000.0  # RoPE's base: pair i of a head turns by position · rope_theta^(-2i/head_dim)
     norm: str = "layernorm"  # the blocks' and the final norm: layernorm, or rmsnorm (no centring, no bias)
-    mlp: str = "gelu"  # gelu (4·n_embd hidden), or swiglu (c_proj(silu(gate)·up), hidden 2/3·4·n_embd, up to 64s)
+    mlp: str = "gelu"  # gelu (4·n_embd hidden), or swiglu (silu(gate)·up, hidden 2/3·4·n_embd rounded up to 64s)
     qk_norm: bool = False  # RMSNorm with a learned scale on each head's q and k, before RoPE and the scores
 
     def __post_init__(self):

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A multi-seed study: train every (variant, seed) pair, evaluate each run, write study/<name>/report.md.
 #
-#   ./run_study.sh CONFIG [--norms A,B] [--gates G,H] [--optimizers adamw,muon] [--seeds 0,1,2] [--sweep key=a,b,c]
-#                  [--name NAME] [--jobs N] [--rerun] [--key=value ...]
+#   ./run_study.sh CONFIG [--norms A,B] [--gates G,H] [--optimizers adamw,muon] [--blocks gpt2,llama] [--seeds 0,1,2]
+#                  [--sweep key=a,b,c] [--name NAME] [--jobs N] [--rerun] [--key=value ...]
 #
 # A variant: an attn_norm, with an output gate and an optimizer. --norms: default every registered normalizer
 # (normalizers/__init__.py), the first the baseline; --gates: each gate listed (normalizers/gates.py) adds the
 # baseline with that gate; --optimizers: every variant trained with each optimizer listed (default: the config's);
+# --blocks: every variant trained in each block listed (model.BLOCKS: gpt2, llama; default: the config's);
 # --sweep tunes a setting per variant. e.g. ./run_study.sh config/study_cpu.py   (the quick CPU study). Everything
 # happens in analysis/study.py (--help there says more); this script only runs it from the repository root, where
 # train.py finds data/.

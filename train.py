@@ -419,13 +419,15 @@ def main(argv):
     model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
     log = print if dist_ctx.master else (lambda *a, **k: None)
     attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0], cfg.dropout)
-    log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: {attention}")
+    log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, block {block_name(cfg)}, "
+        f"attention: {attention}")
     if ckpt_path:
         log(f"resumed from {ckpt_path} at iter {state.iter_num}")
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
     metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
-                                    "world_size": dist_ctx.world_size, "attention": attention})
+                                    "world_size": dist_ctx.world_size, "attention": attention,
+                                    "block": block_name(cfg)})
     try:
         train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log)
     except KeyboardInterrupt:

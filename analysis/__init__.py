@@ -41,10 +41,12 @@ def _parse_line(line):
     return None
 
 
-def variant_name(attn_norm, attn_gate="none", optimizer="adamw"):
-    """What a run compares, as "<attn_norm>[+<attn_gate>][+<optimizer>]": the gate unless none, the optimizer unless
-    adamw (their defaults), so that a plain run is named by its attn_norm alone. Reports and studies share it."""
-    return "+".join([attn_norm] + [attn_gate] * (attn_gate != "none") + [optimizer] * (optimizer != "adamw"))
+def variant_name(attn_norm, attn_gate="none", optimizer="adamw", block="gpt2"):
+    """What a run compares, as "<attn_norm>[+<attn_gate>][+<optimizer>][+<block>]": the gate unless none, the
+    optimizer unless adamw, the block (model.block_name) unless gpt2 (their defaults), so that a plain run is named by
+    its attn_norm alone. Reports and studies share it."""
+    return "+".join([attn_norm] + [attn_gate] * (attn_gate != "none") + [optimizer] * (optimizer != "adamw") +
+                    [block] * (block != "gpt2"))
 
 
 def read_metrics(run_dir):
@@ -53,6 +55,7 @@ def read_metrics(run_dir):
         dir        the run directory (Path)
         config     every TrainConfig key, from the last "start"/"resume" record
         attention  which attention path the run took (train.py's description)
+        block      its block's name (model.block_name; gpt2 for runs logged before blocks were named)
         train, eval, nonfinite   lists of records, sorted by iter
         eval_json  the contents of eval.json, or {}
         variant    variant_name() of its settings
@@ -80,11 +83,14 @@ def read_metrics(run_dir):
         events.setdefault(event, []).append(record)
     eval_path = run_dir / "eval.json"
     config = start.get("config", {})
-    variant = variant_name(config.get("attn_norm", "?"), config.get("attn_gate", "none"), config.get("optimizer", "adamw"))
+    block = start.get("block", "gpt2")
+    variant = variant_name(config.get("attn_norm", "?"), config.get("attn_gate", "none"),
+                           config.get("optimizer", "adamw"), block)
     return {
         "dir": run_dir,
         "config": config,
         "attention": start.get("attention"),
+        "block": block,
         "train": events.get("train", []),
         "eval": events.get("eval", []),
         "nonfinite": events.get("nonfinite", []),

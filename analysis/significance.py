@@ -39,13 +39,16 @@ def holm(pvalues):
 
 
 def comparisons(variants):
-    """The study's two sets of (variant, reference) pairs. Against the baseline: every variant against the first
-    one's attn_norm and gate under the same optimizer. The optimizer's effect: every variant under a later
-    optimizer against itself under the first ([] with one optimizer)."""
-    by_settings = {(v.norm, v.gate, v.optimizer): v for v in variants}
+    """The study's three sets of (variant, reference) pairs. Against the baseline: every variant against the first
+    one's attn_norm and gate under the same optimizer, in the same block. The optimizer's effect: every variant
+    under a later optimizer against itself under the first. The block's effect: every variant in a later block
+    against itself in the first. ([] where the study has one optimizer, or one block.)"""
+    by_settings = {(v.norm, v.gate, v.optimizer, v.block): v for v in variants}
     first = variants[0]
-    against_baseline = [(v, by_settings[first.norm, first.gate, v.optimizer]) for v in variants
+    against_baseline = [(v, by_settings[first.norm, first.gate, v.optimizer, v.block]) for v in variants
                         if (v.norm, v.gate) != (first.norm, first.gate)]
-    optimizer_effect = [(v, by_settings[v.norm, v.gate, first.optimizer]) for v in variants
+    optimizer_effect = [(v, by_settings[v.norm, v.gate, first.optimizer, v.block]) for v in variants
                         if v.optimizer != first.optimizer]
-    return against_baseline, optimizer_effect
+    block_effect = [(v, by_settings[v.norm, v.gate, v.optimizer, first.block]) for v in variants
+                    if v.block != first.block]
+    return against_baseline, optimizer_effect, block_effect

@@ -2,20 +2,23 @@
 A multi-seed study: train every (variant, seed) pair, evaluate each run, and compare the variants.
 
     ./run_study.sh config/study_cpu.py [--norms softmax,symax] [--gates headwise,...] [--optimizers adamw,muon]
-                   [--seeds 0,1,2] [--sweep key=a,b,c ...] [--name NAME] [--jobs N] [--rerun] [--key=value ...]
+                   [--blocks gpt2,llama] [--seeds 0,1,2] [--sweep key=a,b,c ...] [--name NAME] [--jobs N] [--rerun]
+                   [--key=value ...]
     python -m analysis.study CONFIG ...                                  (the same; run_study.sh only calls this)
 
-What a study compares is a *variant*: an attn_norm with an output gate (attn_gate, normalizers/gates.py) and an
-optimizer. --norms defaults to every registered normalizer (normalizers.NORMALIZERS), in the registry's order; the
+What a study compares is a *variant*: an attn_norm with an output gate (attn_gate, normalizers/gates.py), an
+optimizer and a block. --norms defaults to every registered normalizer (normalizers.NORMALIZERS), in the registry's order; the
 first of them is the baseline. --gates (default: none) adds, per gate listed, the baseline with that gate; the other
 variants keep the config's attn_gate ('none' unless it sets one). --optimizers (default: the config's optimizer) is
-one more axis: every variant is trained with each optimizer listed. A variant's name is its attn_norm, then its gate
-unless none and its optimizer unless adamw (analysis.variant_name, as in every report): softmax, softmax+headwise,
-sink+muon, softmax+headwise+muon. --attn_gate=... thus gates every variant; --optimizer=... is
---optimizers with one (the two are refused together); neither attn_gate nor optimizer may be swept. --seeds defaults
-to 0,1,2. A config file may set these for its study, with `study_norms`, `study_gates`, `study_optimizers`,
-`study_seeds`, `study_sweep` and `study_jobs` (see STUDY_SETTINGS); the command line overrides them. Every other
-assignment in it is a train.py setting.
+one more axis: every variant is trained with each optimizer listed. --blocks (default: the config's block) is another:
+every variant is trained in each block listed (model.BLOCKS: gpt2, llama), which sets pos_emb, norm, mlp and qk_norm.
+A variant's name is its attn_norm, then its gate unless none, its optimizer unless adamw and its block unless gpt2
+(analysis.variant_name, as in every report): softmax, softmax+headwise, sink+muon, softmax+headwise+muon,
+softmax+llama. --attn_gate=... thus gates every variant; --optimizer=... is --optimizers with one (the two are
+refused together, as are --pos_emb=... and the like with --blocks); none of them may be swept. --seeds defaults to
+0,1,2. A config file may set these for its study, with `study_norms`, `study_gates`, `study_optimizers`,
+`study_blocks`, `study_seeds`, `study_sweep` and `study_jobs` (see STUDY_SETTINGS); the command line overrides them.
+Every other assignment in it is a train.py setting.
 
 Each run trains with `python train.py --key=value ...`, its settings resolved here (the config file, then the
 overrides, then the variant's attn_norm, attn_gate and optimizer, seed, out_dir and the swept values) into
@@ -25,9 +28,9 @@ max_iters (the runs are compared at equal steps) and a finished run can be told 
 process per run: exact val perplexity (analysis.perplexity), model_stats on train.py's probe batch if the last eval
 did not log them (log_stats=False), post-training quantization (analysis.quantize), and with wandb_log the run's
 final numbers into its wandb summary. Finally study/<name>/report.md: mean ± std over seeds per variant, bar charts,
-per-layer curves, each variant's difference to the baseline under the same optimizer (with two optimizers, two
-baselines) and, with several optimizers, each variant's difference to itself under the first optimizer (the
-optimizer's effect), with 95% confidence intervals and Holm-corrected p-values, and per_run/report.md
+per-layer curves, each variant's difference to the baseline under the same optimizer and block (with two optimizers,
+two baselines) and, with several optimizers (blocks), each variant's difference to itself under the first optimizer
+(in the first block): the optimizer's (block's) effect, with 95% confidence intervals and Holm-corrected p-values, and per_run/report.md
 (analysis.report).
 
 Sweeps: `--sweep learning_rate=1e-3,2e-3,4e-3` (any train.py setting but those a variant sets; several --sweep make a
@@ -39,7 +42,7 @@ Runs go to a pool of workers: --jobs per visible GPU's share (CUDA_VISIBLE_DEVIC
 one run per GPU) when the config's device is cuda, else --jobs CPU processes (default: one per core) sharing the
 cores (OMP_NUM_THREADS = cores / jobs; for small models one thread per run beats many threads per run). With
 wandb_log=True every run logs to the wandb group named after the study, tagged with its attn_norm, optimizer and
-seed (by train.py), its attn_gate=<gate> unless none, and its swept values.
+seed (by train.py), its attn_gate=<gate> unless none, its block=<block> unless gpt2, and its swept values.
 
 A re-run skips finished runs (checkpoint at max_iters, evaluation complete) and resumes interrupted ones (train.py's
 init_from=auto), but only where the run was trained with the settings asked for now: a run directory whose
@@ -71,6 +74,7 @@ from analysis.run_steps import evaluate_run, read_json
 from analysis.study_report import point_name, write_study_report
 from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
 from configurator import ConfigError
+from model import BLOCKS, block_name
 from normalizers.gates import GATES
 from train import OPTIMIZERS, TrainConfig
 
@@ -78,7 +82,7 @@ from train import OPTIMIZERS, TrainConfig
 STUDY_KEYS = ("attn_norm", "seed", "out_dir", "wandb_run_name", "wandb_group")
 # Set per variant, by the study setting named here: a sweep of them would contradict the variants' names. Unlike
 # STUDY_KEYS, --key=value may set them, as the default for the whole study (see study_axes).
-VARIANT_KEYS = {"attn_gate": "--gates", "optimizer": "--optimizers"}
+VARIANT_KEYS = {"attn_gate": "--gates", "optimizer": "--optimizers", **{key: "--blocks" for key in BLOCKS["gpt2"]}}
 # Settings that change neither what a run learns nor what the report shows of it: a run trained with other values
 # of these still counts as trained with the settings asked for. (attn_impl picks between exact paths of the same
 # function; train.py's resume ignores it too.) Every other setting must match, device and dtype included.
@@ -87,6 +91,7 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
                   "wandb_group", "wandb_tags"}
 # Study settings a config file may hold, with what the command line calls them.
 STUDY_SETTINGS = {"study_norms": "--norms", "study_gates": "--gates", "study_optimizers": "--optimizers",
+                  "study_blocks": "--blocks",
                   "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs",
                   "study_max_tokens": "--max_tokens",
                   "study_settings": "(config file only)"}
@@ -95,22 +100,24 @@ MAX_TOKENS = 32768  # val tokens scored per quantized variant, unless --max_toke
 
 @dataclass(frozen=True)
 class Variant:
-    """What a study compares: an attn_norm with an output gate and an optimizer; name: analysis.variant_name()."""
+    """What a study compares: an attn_norm with an output gate, an optimizer and a block (model.BLOCKS, or the
+    config's own); name: analysis.variant_name()."""
     norm: str
     gate: str
     optimizer: str
     name: str
     settings: tuple = ()  # ((setting, value), ...): this variant's own values (study_settings), e.g. a tuned rate
+    block: str = "gpt2"
 
 
-def study_variants(norms, gates, optimizers, study_gate):
-    """The study's variants, optimizer by optimizer: the norms in the registry's order with study_gate, the first of
-    them (the baseline) followed by itself with each of gates."""
+def study_variants(norms, gates, optimizers, study_gate, blocks=("gpt2",)):
+    """The study's variants, block by block and optimizer by optimizer: the norms in the registry's order with
+    study_gate, the first of them (the baseline) followed by itself with each of gates."""
     norms = in_registry_order(dict.fromkeys(norms))
     pairs = [(norm, study_gate) for norm in norms]
     pairs[1:1] = [(norms[0], gate) for gate in gates]
-    return [Variant(norm, gate, optimizer, variant_name(norm, gate, optimizer))
-            for optimizer in optimizers for norm, gate in pairs]
+    return [Variant(norm, gate, optimizer, variant_name(norm, gate, optimizer, block), block=block)
+            for block in blocks for optimizer in optimizers for norm, gate in pairs]
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,14 @@ def study_axes(args, study, cfg, overrides):
         raise ConfigError("optimizer is both set (--optimizer=...) and studied (--optimizers or study_optimizers): "
                           "give one of them, e.g. --optimizers muon")
     optimizers = list(dict.fromkeys(listed(args.optimizers, study, "study_optimizers", [cfg.optimizer])))
+    blocks = list(dict.fromkeys(listed(args.blocks, study, "study_blocks", [block_name(cfg)])))
+    if args.blocks or "study_blocks" in study:
+        for block in blocks:
+            if block not in BLOCKS:
+                raise ConfigError(f"unknown block {block!r} in --blocks; valid: {', '.join(BLOCKS)}")
+        if given & set(BLOCKS["gpt2"]):
+            raise ConfigError(f"{', '.join(sorted(given & set(BLOCKS['gpt2'])))} both set (--key=...) and studied "
+                              f"(--blocks or study_blocks, which set {', '.join(BLOCKS['gpt2'])}): give one of them")
     try:
         seeds = [int(s) for s in listed(args.seeds, study, "study_seeds", [0, 1, 2])]
     except ValueError:
@@ -193,7 +208,7 @@ def study_axes(args, study, cfg, overrides):
             raise ConfigError(f"{key} is both set (--{key}=...) and swept (--sweep {key}=...): give one of them")
         sweep[key] = list(dict.fromkeys(typed(cfg, key, value, source) for value in values))
     points = [tuple(zip(sweep, values)) for values in itertools.product(*sweep.values())]
-    variants = study_variants(norms, gates, optimizers, cfg.attn_gate)
+    variants = study_variants(norms, gates, optimizers, cfg.attn_gate, blocks)
     overridden = given | (set(sweep) if args.sweep else set())
     return with_own_settings(variants, study.get("study_settings", {}), cfg, overridden,
                              set() if args.sweep else set(sweep), args.config), seeds, points
@@ -201,16 +216,18 @@ def study_axes(args, study, cfg, overrides):
 
 def with_own_settings(variants, own, cfg, overridden, swept, source):
     """The variants with their own settings from study_settings = {variant name: {setting: value}}: what a sweep
-    chose for each (a quick study keeps its full study's tuned learning rates this way). Names of variants this
-    study does not train (--norms picked others) are passed over; a setting given on the command line (--key=...
-    or --sweep key=...) overrides every variant's own; one swept in the same config file contradicts it."""
+    chose for each (a quick study keeps its full study's tuned learning rates this way). A variant in another block
+    than gpt2 takes its gpt2 twin's settings unless study_settings names it too (softmax+llama: softmax's rate).
+    Names of variants this study does not train (--norms picked others) are passed over; a setting given on the
+    command line (--key=... or --sweep key=...) overrides every variant's own; one swept in the same config file
+    contradicts it."""
     if not isinstance(own, dict) or not all(isinstance(settings, dict) for settings in own.values()):
         raise ConfigError(f"study_settings in {source} must be a dict {{variant name: {{setting: value}}}}")
     for name in own:
         norm, *rest = name.split("+")
-        if norm not in normalizers.NORMALIZERS or any(part not in (*GATES, *OPTIMIZERS) for part in rest):
+        if norm not in normalizers.NORMALIZERS or any(part not in (*GATES, *OPTIMIZERS, *BLOCKS) for part in rest):
             raise ConfigError(f"study_settings names {name!r}, not a variant: write <attn_norm>[+<attn_gate>]"
-                              f"[+<optimizer>], e.g. softmax+headwise+muon")
+                              f"[+<optimizer>][+<block>], e.g. softmax+headwise+muon")
     typed_own = {}
     for name, settings in own.items():
         for key, value in settings.items():
@@ -221,18 +238,22 @@ def with_own_settings(variants, own, cfg, overridden, swept, source):
                                   f"{source}: give one of them")
             if key not in overridden:
                 typed_own.setdefault(name, []).append((key, typed(cfg, key, value, source)))
-    return [dataclasses.replace(v, settings=tuple(typed_own.get(v.name, ()))) for v in variants]
+    twin = lambda v: variant_name(v.norm, v.gate, v.optimizer)  # the same variant in the gpt2 block
+    return [dataclasses.replace(v, settings=tuple(typed_own.get(v.name, typed_own.get(twin(v), ())))) for v in variants]
 
 
 def run_config(cfg, run, run_dir):
     """The TrainConfig of one run: the study's settings with the run's own. In wandb, the runs of a study share a
     group named after it; train.py tags each with its attn_norm, optimizer and seed, the study adds its gate (unless
-    none) and its swept values."""
+    none), its block (unless gpt2) and its swept values."""
     cfg = copy.copy(cfg)
     variant = run.variant
     gate_tag = [f"attn_gate={variant.gate}"] if variant.gate != "none" else []
-    tags = ",".join(filter(None, [cfg.wandb_tags, *gate_tag, *(f"{key}={value}" for key, value in run.point)]))
+    block_tag = [f"block={variant.block}"] if variant.block != "gpt2" else []
+    tags = ",".join(filter(None, [cfg.wandb_tags, *gate_tag, *block_tag,
+                                  *(f"{key}={value}" for key, value in run.point)]))
     settings = {"attn_norm": variant.norm, "attn_gate": variant.gate, "optimizer": variant.optimizer,
+                **BLOCKS.get(variant.block, {}),  # a block of the config's own (not in BLOCKS) is already set
                 "seed": run.seed, "out_dir": str(run_dir), "always_save_checkpoint": True,
                 "wandb_run_name": run.label, "wandb_group": run_dir.parents[1].name, "wandb_tags": tags,
                 **dict(variant.settings), **dict(run.point)}  # both typed by study_axes
@@ -272,13 +293,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False,  # --seed=1 is train.py's key, not short for --seeds
                                 usage="%(prog)s CONFIG [--norms A,B] [--gates G,H] [--optimizers adamw,muon] "
-                                      "[--seeds 0,1] [--sweep key=a,b] [--name NAME] [--rerun] [--key=value ...]")
+                                      "[--blocks gpt2,llama] [--seeds 0,1] [--sweep key=a,b] [--name NAME] [--rerun] "
+                                      "[--key=value ...]")
     p.add_argument("config", nargs="?", help="a train.py config file, e.g. config/study_cpu.py")
     p.add_argument("--norms", help="comma-separated attn_norms (default: every registered normalizer)")
     p.add_argument("--gates", help="comma-separated attn_gates, each one more variant: the baseline (the first "
                                    "attn_norm) with that gate (default: none)")
     p.add_argument("--optimizers", help="comma-separated optimizers, each variant trained with each (default: the "
                                         "config's optimizer)")
+    p.add_argument("--blocks", help=f"comma-separated blocks ({', '.join(BLOCKS)}), each variant trained in each "
+                                    f"(default: the config's block)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--sweep", action="append", metavar="KEY=A,B,...",
                    help="a train.py setting to tune per variant on the first seed; repeat for a grid")

@@ -153,11 +153,11 @@ HATCHES = ("", "//", "\\\\", "xx", "..")
 DASHES = ("-", "--", "-.", ":")
 
 
-def style(variant, optimizers):
-    """Its normalizer's colour (plots.color), lighter for each optimizer after the first, and its gate's hatch and
-    dash."""
+def style(variant, contexts):
+    """Its normalizer's colour (plots.color), lighter for each (optimizer, block) of contexts after the first, and its
+    gate's hatch and dash."""
     rgb = np.array(to_rgb(color(variant.norm)))
-    lighter = optimizers.index(variant.optimizer) / len(optimizers)
+    lighter = contexts.index((variant.optimizer, variant.block)) / len(contexts)
     gate = list(GATES).index(variant.gate)
     return {"color": tuple(rgb + (1 - rgb) * lighter), "hatch": HATCHES[gate % len(HATCHES)],
             "linestyle": DASHES[gate % len(DASHES)]}
@@ -217,15 +217,17 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     by_variant = rows_by_variant(run_dirs)
     runs = [run for rows in by_variant.values() for run, _ in rows]
     first, optimizers = variants[0], list(dict.fromkeys(v.optimizer for v in variants))
-    styles = {variant: style(variant, optimizers) for variant in variants}
-    against_baseline, optimizer_effect = comparisons(variants)
+    blocks = list(dict.fromkeys(v.block for v in variants))
+    contexts = list(dict.fromkeys((v.optimizer, v.block) for v in variants))
+    styles = {variant: style(variant, contexts) for variant in variants}
+    against_baseline, optimizer_effect, block_effect = comparisons(variants)
     cfg = runs[0]["config"]
     seeds = sorted({run["config"]["seed"] for run in runs})
     ev = runs[0]["eval_json"]
     batch = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
     names = ("" if all(v.name == v.norm for v in by_variant) else
-             f" A variant's name is its attn_norm, then its attn_gate and optimizer where they differ from "
-             f"attn_gate={first.gate} and optimizer={first.optimizer}.")
+             f" A variant's name is its attn_norm, then its attn_gate, optimizer and block where they differ from "
+             f"attn_gate={first.gate}, optimizer={first.optimizer} and block gpt2.")
     lines = [f"# attnorm study: {study_dir.name}", "", *header, *settings_lines([run["config"] for run in runs]), "",
              f"{len(runs)} runs: variant ∈ {{{', '.join(v.name for v in by_variant)}}} × seed ∈ "
              f"{{{', '.join(map(str, seeds))}}}; {cfg['dataset']}, {cfg['n_layer']} layers × {cfg['n_embd']} wide, "
@@ -235,8 +237,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     if sweep:
         lines += ["## Sweep", "", sweep_section(sweep), ""]
     metrics = MODEL_METRICS + QUANT_METRICS
-    baselines = ", ".join(f"**{v.name}** under {v.optimizer}" for v in variants
-                          if (v.norm, v.gate) == (first.norm, first.gate))
+    baselines = ", ".join(f"**{v.name}** under {v.optimizer}" + (f" in the {v.block} block" if len(blocks) > 1 else "")
+                          for v in variants if (v.norm, v.gate) == (first.norm, first.gate))
     lines += ["## Mean ± std over seeds", "",
               "At the end of training (std: sample std over seeds). *val PPL*: exact, over the whole val split "
               "(`analysis.perplexity`). Kurtosis (three definitions, see `analysis/stats.py`) and *sink* (mean "
@@ -250,23 +252,30 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
               f"the embedding reads the quantized matrix too.", "", table(by_variant, QUANT_METRICS), "",
               "## Which differences exceed seed noise", "",
               noise_section(by_variant, metrics, against_baseline,
-                            f"Each variant against the baseline with the same optimizer ({baselines}: the first "
+                            f"Each variant against the baseline with the same optimizer and block ({baselines}: the first "
                             f"registered normalizer in the study, with attn_gate={first.gate})."), ""]
     if optimizer_effect:
         lines += ["## The optimizer's effect", "",
                   noise_section(by_variant, metrics, optimizer_effect,
                                 f"The optimizer as a control: each variant under {', '.join(optimizers[1:])} against "
                                 f"itself under {first.optimizer}."), ""]
+    if block_effect:
+        lines += ["## The block's effect", "",
+                  noise_section(by_variant, metrics, block_effect,
+                                f"The block as a control: each variant in the {', '.join(blocks[1:])} block against "
+                                f"itself in the {first.block} block (model.BLOCKS)."), ""]
     lines += ["## Plots", ""]
     figures = [("bars_model.png", fig_bars(by_variant, styles, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
                ("bars_quantization.png",
                 fig_bars(by_variant, styles, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
-    for optimizer in optimizers:  # a figure per optimizer: every variant in one would be too many lines
-        subset = {v: rows for v, rows in by_variant.items() if v.optimizer == optimizer}
+    for optimizer, block in contexts:  # a figure per optimizer and block: every variant in one, too many lines
+        subset = {v: rows for v, rows in by_variant.items() if (v.optimizer, v.block) == (optimizer, block)}
         if not subset:
             continue
-        suffix = "" if optimizer == first.optimizer else f"-{optimizer}"
-        under = f" ({optimizer})" if len(optimizers) > 1 else ""
+        suffix = "".join(f"-{name}" for name, first_name in ((optimizer, first.optimizer), (block, first.block))
+                         if name != first_name)
+        shown = [name for name, axis in ((optimizer, optimizers), (block, blocks)) if len(axis) > 1]
+        under = f" ({', '.join(shown)})" if shown else ""
         figures += [(f"layers_{group}{suffix}.png", fig_layers(
             subset, styles, group, f"Per layer, mean ± std over seeds{under}: {report.DESCRIPTIONS[group]}"))
             for group in LAYER_GROUPS]

@@ -1,14 +1,18 @@
 """
-Training throughput per attn_norm and attn_gate: tokens/s, ms/iter and MFU of train.py's own training step
+Training throughput per attn_norm, attn_gate and block: tokens/s, ms/iter and MFU of train.py's own training step
 (forward, backward, clipping, optimizer) on random tokens, with the model and batch of a config file.
 
     python -m benchmarks.train_throughput                                        # CPU preset, every attn_norm
     python -m benchmarks.train_throughput config/train_gpt2.py --batch_size=auto --gradient_accumulation_steps=1
     python -m benchmarks.train_throughput --norms softmax,diff --attn_impl=fused --out benchmarks/results/x.md
 
-Rows: every attn_norm of --norms (default: every registered one) with the first of --gates (none), then every
-other attn_gate mode with the first attn_norm (softmax): a gate scales attention's output, so what it costs does not
-depend on the normalizer. The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak bf16.
+Rows: every attn_norm of --norms (default: every registered one) with the first of --gates (none) and of --blocks
+(gpt2), then every other attn_gate mode with the first attn_norm (softmax): a gate scales attention's output, so what
+it costs does not depend on the normalizer; then every other block (model.BLOCKS: llama) with the first attn_norm and
+gate. The params column is the non-embedding parameter count (SwiGLU's hidden width is rounded up to a multiple of
+64, so the LLaMA block has as many parameters as GPT-2's only where 2/3·4·n_embd is one, e.g. n_embd = 192, 768).
+The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak
+bf16.
 --rounds R measures every row R times, the rows interleaved (round 1 measures every row, then round 2, ...), and
 reports each row's median: on a shared machine whose load drifts, every row then sees the same drift.
 
@@ -32,6 +36,7 @@ import normalizers
 import runtime
 from benchmarks import Report, header
 from configurator import ConfigError
+from model import BLOCKS
 from prepare_data import load_meta
 from train import build, load_config, train_step
 
@@ -88,6 +93,8 @@ def parse_args(argv):
                         help="comma-separated attn_norms (default: every registered one)")
     parser.add_argument("--gates", default=",".join(normalizers.gates.GATES),
                         help="comma-separated attn_gate modes, measured with the baseline (default: every one)")
+    parser.add_argument("--blocks", default=",".join(BLOCKS),
+                        help="comma-separated blocks (model.BLOCKS), measured with the baseline (default: every one)")
     parser.add_argument("--batch_size", help="micro-batch: an integer, or auto (see above); default: the config's")
     parser.add_argument("--max_batch_size", type=int, default=256, help="where --batch_size=auto starts halving")
     parser.add_argument("--vocab_size", type=int, help="default: data/<dataset>/meta.json's, else GPT-2's 50257")
@@ -97,7 +104,8 @@ def parse_args(argv):
                                                              "and report the median")
     parser.add_argument("--out", help="also write the table to this file, e.g. benchmarks/results/<device>-train.md")
     args, overrides = parser.parse_known_args(argv)
-    for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", normalizers.gates.GATES)):
+    for name, valid in (("norms", normalizers.NORMALIZERS), ("gates", normalizers.gates.GATES),
+                        ("blocks", BLOCKS)):
         unknown = [n for n in getattr(args, name).split(",") if n not in valid]
         if unknown:
             parser.error(f"unknown {name} {', '.join(unknown)}; valid: {', '.join(valid)}")
@@ -108,10 +116,11 @@ def parse_args(argv):
     return args, overrides
 
 
-def row_config(args, overrides, norm, gate):
-    """The TrainConfig of one row: the config file, the overrides, this attn_norm and attn_gate."""
+def row_config(args, overrides, norm, gate, block):
+    """The TrainConfig of one row: the config file, the overrides, this attn_norm, attn_gate and block."""
     batch = [f"--batch_size={args.batch_size}"] if args.batch_size not in (None, "auto") else []
-    cfg = load_config([args.config, *overrides, *batch, f"--attn_norm={norm}", f"--attn_gate={gate}"])
+    cfg = load_config([args.config, *overrides, *batch, f"--attn_norm={norm}", f"--attn_gate={gate}",
+                       *(f"--{key}={value}" for key, value in BLOCKS[block].items())])
     cfg.validate()
     return cfg
 
@@ -119,10 +128,11 @@ def row_config(args, overrides, norm, gate):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
-    norms, gates = args.norms.split(","), args.gates.split(",")
-    rows = [(norm, gates[0]) for norm in norms] + [(norms[0], gate) for gate in gates[1:]]
+    norms, gates, blocks = args.norms.split(","), args.gates.split(","), args.blocks.split(",")
+    rows = ([(norm, gates[0], blocks[0]) for norm in norms] + [(norms[0], gate, blocks[0]) for gate in gates[1:]] +
+            [(norms[0], gates[0], block) for block in blocks[1:]])
     try:
-        cfgs = [row_config(args, overrides, norm, gate) for norm, gate in rows]
+        cfgs = [row_config(args, overrides, *row) for row in rows]
     except ConfigError as e:
         sys.exit(f"error: {e}")
     cfg = cfgs[0]
@@ -143,30 +153,32 @@ def main(argv=None):
                f"warm-up" + (f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else "") +
                f"; random tokens; MFU against {device_name}'s peak bf16 (n/a: unknown peak)",
                "",
-               f"| attn_norm | attn_gate | attention path | micro-batch | ms/iter | tokens/s | MFU | × {norms[0]} |",
-               "|---|---|---|---:|---:|---:|---:|---:|")
+               f"| attn_norm | attn_gate | block | params | attention path | micro-batch | ms/iter | tokens/s | MFU | "
+               f"× {norms[0]} |",
+               "|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     batch_size, failed = args.max_batch_size if auto else cfg.batch_size, {}
-    seconds, used, flops = [[] for _ in rows], [None] * len(rows), [None] * len(rows)
+    seconds, used, flops, params = [[] for _ in rows], [None] * len(rows), [None] * len(rows), [None] * len(rows)
     for r in range(args.rounds):
-        for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
+        for i, ((norm, gate, block), cfg) in enumerate(zip(rows, cfgs)):
             if i in failed:
                 continue
             try:
                 dt, model, used[i] = fitting_batch(cfg, vocab_size, args, used[i] or batch_size, halve=auto)
             except Exception as e:  # out of memory, a kernel that does not compile, ...: the other rows still run
-                failed[i] = f"- {norm}, attn_gate={gate}: {type(e).__name__}: {str(e).strip()[:300]}"
+                failed[i] = f"- {norm}, attn_gate={gate}, {block}: {type(e).__name__}: {str(e).strip()[:300]}"
                 print(failed[i], flush=True)
                 continue
             if i == 0 and r == 0:  # every other row starts from its micro-batch
                 batch_size = used[0]
             tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
             flops[i] = model.estimate_mfu(tokens, 1.0, device_name)  # MFU at 1 s/iter: MFU = this / dt
+            params[i] = model.get_num_params()
             seconds[i].append(dt)
             if args.rounds > 1:
-                print(f"round {r + 1}/{args.rounds}: {norm}, {gate}: {dt * 1000:.1f} ms/iter", flush=True)
+                print(f"round {r + 1}/{args.rounds}: {norm}, {gate}, {block}: {dt * 1000:.1f} ms/iter", flush=True)
             del model  # before the next row builds its own
     base = None
-    for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
+    for i, ((norm, gate, block), cfg) in enumerate(zip(rows, cfgs)):
         if i in failed:
             continue
         dt = float(np.median(seconds[i]))
@@ -175,7 +187,7 @@ def main(argv=None):
             base = tokens / dt
         attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
         batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
-        report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
+        report.add(f"| {norm} | {gate} | {block} | {params[i]:,} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
                    f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
                    f"{f'{tokens / dt / base:.2f}' if base else '—'} |")
     if failed:

@@ -42,9 +42,13 @@ def test_train_throughput_has_a_row_per_normalizer_and_gate(tmp_path):
     assert "python -m benchmarks.train_throughput --n_layer=1" in text and "block 8, vocab 65" in text
     rows = table_rows(out)
     gates = list(normalizers.gates.GATES)
-    assert [r[:2] for r in rows] == ([[n, gates[0]] for n in normalizers.NORMALIZERS] +
-                                     [["softmax", g] for g in gates[1:]])
-    for norm, gate, path, batch, ms, tokens, mfu, ratio in rows:
+    assert [r[:3] for r in rows] == ([[n, gates[0], "gpt2"] for n in normalizers.NORMALIZERS] +
+                                     [["softmax", g, "gpt2"] for g in gates[1:]] + [["softmax", "none", "llama"]])
+    # non-embedding parameters, by hand: 1 block of 16 wide (c_attn 3·16², c_proj 16², ln_1, ln_2) + ln_f + wte
+    # 65·16; GELU's MLP 2·4·16² and LayerNorm weights, or SwiGLU's 3·16·64 (hidden 2/3·64 -> 64) and RMSNorm's
+    norm_and_attn = 4 * 16 * 16 + 3 * 16 + 65 * 16
+    assert number(rows[0][3]) == norm_and_attn + 8 * 16 * 16 and number(rows[-1][3]) == norm_and_attn + 3 * 16 * 64
+    for norm, gate, block, params, path, batch, ms, tokens, mfu, ratio in rows:
         assert batch == "12" and mfu == "n/a"  # the config's micro-batch on CPU; no known peak FLOP/s
         assert math.isclose(number(tokens) * number(ms) / 1000, 12 * 8, rel_tol=0.1)  # ms/iter is rounded
         assert number(ratio) > 0
@@ -61,10 +65,10 @@ def test_train_throughput_rounds_report_each_row_once_at_its_median(tmp_path, mo
     monkeypatch.setattr(train_throughput, "measure", fake_measure)
     out = tmp_path / "train.md"
     train_throughput.main(["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--vocab_size", "65",
-                           "--norms", "softmax,symax", "--gates", "none,headwise", "--rounds", "2",
+                           "--norms", "softmax,symax", "--gates", "none,headwise", "--blocks", "gpt2", "--rounds", "2",
                            "--out", str(out)])
     assert "median of 2 interleaved rounds" in out.read_text()
     rows = table_rows(out)
     assert [r[:2] for r in rows] == [["softmax", "none"], ["symax", "none"], ["softmax", "headwise"]]
-    assert [number(r[4]) for r in rows] == [250.0, 100.0, 450.0]  # medians of (0.3, 0.2), (0.1, 0.1), (0.5, 0.4)
+    assert [number(r[6]) for r in rows] == [250.0, 100.0, 450.0]  # medians of (0.3, 0.2), (0.1, 0.1), (0.5, 0.4)
     assert [r[-1] for r in rows] == ["1.00", "2.50", "0.56"]

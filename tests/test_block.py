@@ -320,3 +320,66 @@ def test_quantization_covers_the_same_linears_in_both_blocks():
     assert names(tiny()) == names(tiny(**(LLAMA | {"qk_norm": True}))) == [
         f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     ] + ["lm_head"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the block as a study axis
+
+
+def block_axes(overrides=(), study_settings=None, **kw):
+    import argparse
+
+    import configurator
+    from analysis import study
+    from train import TrainConfig
+    args = argparse.Namespace(**{"norms": "softmax,sink", "gates": None, "optimizers": None, "blocks": None,
+                                 "seeds": None, "sweep": None, "config": "cfg.py", **kw})
+    cfg = TrainConfig()
+    for override in overrides:
+        key, _, value = override[2:].partition("=")
+        configurator.set_key(cfg, key, value, "the command line")
+    return study.study_axes(args, study_settings or {}, cfg, list(overrides))[0], cfg
+
+
+def test_study_blocks_axis_names_sets_and_compares():
+    """--blocks gpt2,llama: every variant in each block, named <variant>+llama, trained with the block's settings,
+    compared with its own block's baseline, and each against itself in the first block (the block's effect)."""
+    from analysis import significance, study
+    own = {"study_settings": {"softmax": {"learning_rate": 8e-3}, "sink+llama": {"learning_rate": 1e-3}}}
+    variants, cfg = block_axes(blocks="gpt2,llama", study_settings=own)
+    assert [v.name for v in variants] == ["softmax", "sink", "softmax+llama", "sink+llama"]
+    # a tuned setting carries over to the other block unless that block's variant has its own
+    assert [dict(v.settings).get("learning_rate") for v in variants] == [8e-3, None, 8e-3, 1e-3]
+    run = study.Run(variants[3], 1)
+    run_cfg = study.run_config(cfg, run, REPO / "study" / "x" / "runs" / run.label)
+    assert {k: getattr(run_cfg, k) for k in LLAMA} == LLAMA and run_cfg.wandb_tags == "block=llama"
+    assert run.label == "sink+llama-s1" and model.block_name(run_cfg) == "llama"
+    against_baseline, optimizer_effect, block_effect = significance.comparisons(variants)
+    assert [(v.name, ref.name) for v, ref in against_baseline] == [("sink", "softmax"), ("sink+llama", "softmax+llama")]
+    assert [(v.name, ref.name) for v, ref in block_effect] == [("softmax+llama", "softmax"), ("sink+llama", "sink")]
+    assert optimizer_effect == []
+    # without --blocks: the config's block, named as train.py names it
+    variants, _ = block_axes(overrides=["--pos_emb=rope", "--norm=rmsnorm", "--mlp=swiglu"])
+    assert [v.name for v in variants] == ["softmax+llama", "sink+llama"]
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"blocks": "gpt2,mamba"}, "unknown block 'mamba' in --blocks"),
+    ({"blocks": "llama", "overrides": ["--norm=layernorm"]}, "norm both set"),
+    ({"sweep": ["mlp=gelu,swiglu"]}, "--blocks"),
+])
+def test_study_blocks_axis_errors(kw, words):
+    from configurator import ConfigError
+    with pytest.raises(ConfigError, match=words):
+        block_axes(**kw)
+
+
+def test_read_metrics_names_the_block(tmp_path):
+    """A run's variant name carries its block from train.py's start record; a record without one is gpt2's."""
+    import json
+
+    from analysis import read_metrics as read_run
+    for block, name in (("llama", "sink+muon+llama"), (None, "sink+muon")):
+        start = {"iter": 0, "event": "start", "config": {"attn_norm": "sink", "optimizer": "muon", "seed": 3}}
+        (tmp_path / "metrics.jsonl").write_text(json.dumps(start | ({"block": block} if block else {})) + "\n")
+        assert read_run(tmp_path)["variant"] == name

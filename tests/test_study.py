@@ -264,13 +264,14 @@ def test_variants_have_unique_names_that_show_what_differs_from_the_defaults():
     assert [(v.name, v.optimizer) for v in plain] == [("softmax+headwise+muon", "muon"), ("symax+headwise+muon", "muon")]
     assert study.Run(plain[1], 2, (("learning_rate", 0.001),)).label == "symax+headwise+muon-learning_rate=0.001-s2"
     # The baselines: per optimizer; the optimizer's effect: each variant against itself under the first optimizer.
-    against_baseline, optimizer_effect = significance.comparisons(study.study_variants(
+    against_baseline, optimizer_effect, block_effect = significance.comparisons(study.study_variants(
         ["softmax", "sink"], ["headwise"], ["adamw", "muon"], "none"))
     assert [(v.name, ref.name) for v, ref in against_baseline] == [
         ("softmax+headwise", "softmax"), ("sink", "softmax"),
         ("softmax+headwise+muon", "softmax+muon"), ("sink+muon", "softmax+muon")]
     assert [(v.name, ref.name) for v, ref in optimizer_effect] == [
         ("softmax+muon", "softmax"), ("softmax+headwise+muon", "softmax+headwise"), ("sink+muon", "sink")]
+    assert block_effect == []
 
 
 def test_run_config_sets_the_variant_and_tags_its_gate(tmp_path):
@@ -285,8 +286,8 @@ def test_run_config_sets_the_variant_and_tags_its_gate(tmp_path):
 
 
 def axes(settings=None, overrides=(), **kw):
-    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "seeds": None, "sweep": None,
-                                 "config": "cfg.py", **kw})
+    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "blocks": None, "seeds": None,
+                                 "sweep": None, "config": "cfg.py", **kw})
     cfg = TrainConfig()
     for override in overrides:
         key, _, value = override[2:].partition("=")
