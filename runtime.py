@@ -64,10 +64,19 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def native_bf16():
+    """Whether the current CUDA GPU computes bf16 natively (sm_80 and newer): torch.cuda.is_bf16_supported() alone
+    also counts emulation (T4, V100), where bf16 is slow and aten's flash attention does not run."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def setup_distributed(device):
     """Under torchrun (RANK set): join the process group, one GPU per process (NCCL) or gloo on CPU; the device
-    this process uses. Otherwise a single process on device."""
+    this process uses. Otherwise a single process on device. A CUDA device becomes the current one, so that
+    Triton launches, the CUDA RNG and synchronize act on it (cuda:1 would otherwise leave them on GPU 0)."""
     if int(os.environ.get("RANK", -1)) == -1:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
         return Distributed(False, 0, 1, device)
     if device.startswith("cuda"):
         device = f"cuda:{os.environ['LOCAL_RANK']}"

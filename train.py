@@ -43,7 +43,7 @@ def default_device():
 
 def default_dtype():
     if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if runtime.native_bf16() else "float16"
     return "float32"
 
 
@@ -132,7 +132,11 @@ class TrainConfig(GPTConfig):
         if self.gradient_accumulation_steps % world_size:
             raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "
                               f"multiple of the number of processes ({world_size})")
-        reason = normalizers.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.dropout)
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"optimizer=muon needs torch.optim.Muon (torch >= 2.9), this is torch "
+                              f"{torch.__version__}: upgrade torch, or use optimizer=adamw")
+        reason = normalizers.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.attention_dropout,
+                                                head_dim=self.n_embd // self.n_head)
         if self.attn_impl == "fused" and reason:
             raise ConfigError(f"attn_impl=fused cannot run attn_norm={self.attn_norm} on {self.device}: {reason}. "
                               f"Use attn_impl=auto (the reference where no fused kernel runs) or reference")
@@ -185,11 +189,12 @@ def find_checkpoint(cfg, out_dir):
 def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
     """Refuse to continue a checkpoint with another model, tokenizer or dataset."""
     try:
-        saved = dataclasses.asdict(GPTConfig.from_saved(ckpt["model_args"]))
+        saved_config = GPTConfig.from_saved(ckpt["model_args"])
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{ckpt_path}: {e}. Use another out_dir") from None
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(model_config).items()
-               if k != "attn_impl" and saved.get(k) != v}
+    # attn_dropout compared as the value it takes: None (dropout's, all a checkpoint older than it knows) = dropout
+    saved, now = ({**dataclasses.asdict(c), "attn_dropout": c.attention_dropout} for c in (saved_config, model_config))
+    changed = {k: (saved.get(k), v) for k, v in now.items() if k != "attn_impl" and saved.get(k) != v}
     if changed:
         raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
             f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
@@ -332,8 +337,8 @@ def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, 
     if dist_ctx.ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
     # A NaN/Inf step would poison the weights (and every later checkpoint): skip it. (fp16's GradScaler skips
-    # such steps itself and lowers its scale.)
-    applied = scaler.is_enabled() or bool(torch.isfinite(grad_norm) and torch.isfinite(loss_sum))
+    # such steps itself and lowers its scale.) One host synchronisation for both checks, not one each.
+    applied = scaler.is_enabled() or bool(torch.isfinite(torch.stack((grad_norm.float(), loss_sum.float()))).all())
     if applied:
         scaler.step(optimizer)
         scaler.update()
@@ -407,7 +412,8 @@ def main(argv):
         check_out_dir(out_dir)
     model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
     log = print if dist_ctx.master else (lambda *a, **k: None)
-    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0], cfg.dropout)
+    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0],
+                                     cfg.attention_dropout, cfg.n_embd // cfg.n_head)
     log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, attention: {attention}")
     if ckpt_path:
         log(f"resumed from {ckpt_path} at iter {state.iter_num}")
@@ -435,6 +441,9 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
     raw_model, device_type = model, dist_ctx.device.split(":")[0]
     if cfg.compile:
         model = torch.compile(model)
+    # Evaluation without DDP: it syncs no gradients, and DDP's forward broadcasts buffers (symax's η), a collective
+    # that a rank with no evaluation batch (eval_iters < world size) would never join.
+    eval_model = model
     if dist_ctx.ddp:
         model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
     autocast = runtime.autocast(device_type, cfg.dtype)
@@ -450,7 +459,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
-            losses = estimate_loss(model, data, cfg, autocast, dist_ctx)
+            losses = estimate_loss(eval_model, data, cfg, autocast, dist_ctx)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
             if probe is not None and dist_ctx.master:
                 t_stats = time.time()
@@ -484,7 +493,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
                 torch.cuda.synchronize()
             dt = (time.time() - t0) / (state.iter_num - t0_iter)
             t0, t0_iter = time.time(), state.iter_num
-            mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name)
+            mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name, dist_ctx.world_size)
             metrics.record(state.iter_num, {"event": "train", "loss": loss.item(), "grad_norm": grad_norm.item(),
                                             "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
                                             "mfu": mfu})

@@ -173,7 +173,8 @@ def main(argv=None):
         tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
         if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
             base = tokens / dt
-        attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
+        attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.attention_dropout,
+                                         cfg.n_embd // cfg.n_head)
         batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
         report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
                    f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
