@@ -95,7 +95,8 @@ def evaluate_perplexity(model, tokens, block_size, batch_size, device, stride=No
     if world > 1:
         dist.all_reduce(sums)
     nll_sum, count, *copies = sums.tolist()
-    out = {"loss": nll_sum / count, "ppl": math.exp(nll_sum / count), "tokens": int(count), "nll_sum": nll_sum}
+    loss = nll_sum / count  # exp overflows past 709: a diverged model's PPL is inf, not an OverflowError
+    out = {"loss": loss, "ppl": math.exp(loss) if loss < 709 else math.inf, "tokens": int(count), "nll_sum": nll_sum}
     if copies:
         right, copy_nll, n_copies = copies
         out |= {"copy_acc": right / n_copies, "copy_loss": copy_nll / n_copies,
