@@ -56,7 +56,8 @@ EOT = 50256  # <|endoftext|>
 
 BOS_SUFFIX = "_bos"  # <dataset>_bos: the dataset with a BOS token before every document (--bos)
 # built from data/raw, no network needed
-OFFLINE_DATASETS = ("shakespeare_char", "shakespeare", "bb", "shakespeare_char" + BOS_SUFFIX, "shakespeare" + BOS_SUFFIX)
+OFFLINE_DATASETS = ("shakespeare_char", "shakespeare", "bb",
+                    "shakespeare_char" + BOS_SUFFIX, "shakespeare" + BOS_SUFFIX)
 DATASETS = OFFLINE_DATASETS + ("openwebtext", "openwebtext" + BOS_SUFFIX)
 BB_DEFAULTS = {"triggers": 3, "seq_len": 256, "sequences": 20000}  # bb's own options (prepare's bb=)
 BB_HELP = {"triggers": "how many of the most frequent characters are triggers", "seq_len": "tokens after BOS in each "
@@ -435,6 +436,14 @@ def load_prepared(data_dir, block_size=None):
             raise DataError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
                             f"match its meta.json, {redo}")
     return data, meta
+
+
+def window_start(setting, meta):
+    """Where a run's windows start, "bos" or "random", from its window_start setting (auto: bos where the data's
+    meta.json names a bos_id; older runs have no setting: None is random) and the dataset's meta."""
+    if setting == "auto":
+        return "bos" if "bos_id" in meta else "random"
+    return setting or "random"
 
 
 def bos_starts(tokens, bos_id, block_size):

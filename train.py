@@ -32,7 +32,7 @@ import runtime
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig
-from prepare_data import DataError, bos_starts, load_prepared, tokenizer_identity
+from prepare_data import DataError, bos_starts, load_prepared, tokenizer_identity, window_start
 
 
 def default_device():
@@ -76,7 +76,7 @@ class TrainConfig(GPTConfig):
     gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
     batch_size: int = 12  # sequences per micro-step and rank
     finetune_other_dataset: bool = False  # resume a checkpoint trained on another dataset with the same tokenizer
-    window_start: str = "auto"  # where training/eval windows start: random, bos (a BOS token), auto (bos if the data has one)
+    window_start: str = "auto"  # where windows start: random, bos (at a BOS token), auto (bos if the data has one)
     # optimizer
     optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for everything else
     learning_rate: float = 6e-4  # peak learning rate (AdamW's)
@@ -204,10 +204,11 @@ def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
         raise ConfigError(f"{ckpt_path} was trained with another tokenizer (dataset "
                           f"{ckpt['config'].get('dataset')!r}) than dataset {cfg.dataset!r} has: its token ids mean "
                           f"other things here. Use another out_dir")
-    saved_start = ckpt["config"].get("window_start", "random")  # older checkpoints: random crops were all there was
-    if saved_start != cfg.window_start and not cfg.finetune_other_dataset:
-        raise ConfigError(f"{ckpt_path} was trained with window_start={saved_start}, not {cfg.window_start}: resume "
-                          f"with --window_start={saved_start}, or use another out_dir")
+    saved_start = window_start(ckpt["config"].get("window_start"), saved_meta)
+    start = window_start(cfg.window_start, meta)
+    if saved_start != start and not cfg.finetune_other_dataset:
+        raise ConfigError(f"{ckpt_path} was trained with windows that start at {saved_start!r} positions, not "
+                          f"{start!r}: resume with --window_start={saved_start}, or use another out_dir")
     if ckpt["config"].get("dataset") != cfg.dataset and not cfg.finetune_other_dataset:
         raise ConfigError(f"{ckpt_path} was trained on dataset {ckpt['config'].get('dataset')!r}, not "
                           f"{cfg.dataset!r}: use another out_dir, or --finetune_other_dataset=True to go on "
@@ -272,13 +273,11 @@ def load_dataset(cfg):
         data, meta = load_prepared(Path("data") / cfg.dataset, cfg.block_size)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    if cfg.window_start == "auto":
-        cfg.window_start = "bos" if "bos_id" in meta else "random"
     if cfg.window_start == "bos" and "bos_id" not in meta:
         raise ConfigError(f"window_start=bos, but dataset {cfg.dataset!r} has no BOS token: prepare one with "
                           f"python prepare_data.py {cfg.dataset} --bos (and --dataset={cfg.dataset}_bos), or use "
                           f"window_start=random")
-    if cfg.window_start == "random" and meta.get("bos_required"):
+    if window_start(cfg.window_start, meta) == "random" and meta.get("bos_required"):
         raise ConfigError(f"dataset {cfg.dataset!r} is made of sequences that each start with BOS: its windows "
                           f"must start there too (window_start=bos or auto), not at random")
     return data, meta
@@ -286,7 +285,7 @@ def load_dataset(cfg):
 
 def window_starts(data, meta, cfg):
     """{split: positions a window may start at} for window_start=bos, or None (random crops)."""
-    if cfg.window_start != "bos":
+    if window_start(cfg.window_start, meta) != "bos":
         return None
     starts = {split: bos_starts(tokens, meta["bos_id"], cfg.block_size) for split, tokens in data.items()}
     for split, positions in starts.items():

@@ -183,7 +183,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from checkpoint import CheckpointError, load_model
-    from prepare_data import bos_starts, load_meta
+    from prepare_data import bos_starts, load_meta, window_start
     from runtime import setup_distributed
     # Under torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows.
     dist_ctx = setup_distributed(args.device)
@@ -200,7 +200,7 @@ def main(argv=None):
                              f"{ckpt['meta']['vocab_size']}: point --data_dir at the run's dataset")
         tokens = np.memmap(data_dir / f"{args.split}.bin", dtype=meta["dtype"], mode="r")
         starts = None
-        if ckpt["config"].get("window_start") == "bos":  # scored as trained: every window starts at a BOS
+        if window_start(ckpt["config"].get("window_start"), meta) == "bos":  # scored as trained: windows at BOS
             if args.stride is not None:
                 raise ValueError("--stride slides windows off the BOS this run's windows start at: leave it out")
             starts = bos_starts(tokens, meta["bos_id"], block_size)
@@ -210,7 +210,8 @@ def main(argv=None):
                                  dist_ctx.device, args.stride, starts=starts, triggers=meta.get("triggers"))
     if dist_ctx.master:
         values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],
-                  "tokens": result["tokens"], "bpc": bits_per_char(result["nll_sum"], scored_tokens(tokens, starts, block_size), meta),
+                  "tokens": result["tokens"],
+                  "bpc": bits_per_char(result["nll_sum"], scored_tokens(tokens, starts, block_size), meta),
                   "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
                   "iter": ckpt["iter_num"]}
         values |= {key: result[key] for key in ("copy_acc", "copy_loss", "bigram_loss") if key in result}

@@ -66,7 +66,7 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
     from analysis.perplexity import update_json
     from analysis.stats import model_stats, probe_batch
     from checkpoint import load_model
-    from prepare_data import bos_starts, load_meta
+    from prepare_data import bos_starts, load_meta, window_start
 
     run_dir = Path(run_dir)
     iters = checkpoint_iter(run_dir)
@@ -78,7 +78,8 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
         meta = load_meta(Path("data") / ckpt["config"]["dataset"])
         T = ckpt["model_args"]["block_size"]
         val = np.memmap(Path("data") / ckpt["config"]["dataset"] / "val.bin", dtype=meta["dtype"], mode="r")
-        starts = bos_starts(val, meta["bos_id"], T) if ckpt["config"].get("window_start") == "bos" else None
+        bos = window_start(ckpt["config"].get("window_start"), meta) == "bos"
+        starts = bos_starts(val, meta["bos_id"], T) if bos else None
         probe = probe_batch(val, T, starts).to(device)
         update_json(run_dir / "eval.json", {"stats": model_stats(model, probe, triggers=meta.get("triggers"))})
         print(f"model_stats of {run_dir} written to eval.json")
