@@ -476,13 +476,16 @@ def main(argv):
 def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log):
     """nanoGPT's loop: evaluate and checkpoint every eval_interval, one optimizer step per iteration, log."""
     raw_model, device_type = model, dist_ctx.device.split(":")[0]
-    if cfg.compile:
-        model = torch.compile(model)
-    # Evaluation without DDP: it syncs no gradients, and DDP's forward broadcasts buffers (symax's η), a collective
-    # that a rank with no evaluation batch (eval_iters < world size) would never join.
-    eval_model = model
+    # DDP, then compile (torch's order): dynamo splits the graph at DDP's gradient buckets, so each bucket's all-reduce
+    # overlaps the rest of the backward; a compiled model wrapped in DDP all-reduces after the whole backward.
+    # Evaluation runs without DDP: it syncs no gradients, and DDP's forward broadcasts buffers (symax's η), a
+    # collective that a rank with no evaluation batch (eval_iters < world size) would never join.
+    compiled = torch.compile if cfg.compile else (lambda m: m)
+    eval_model = compiled(model)
     if dist_ctx.ddp:
-        model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+        model = compiled(DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None))
+    else:
+        model = eval_model
     autocast = runtime.autocast(device_type, cfg.dtype)
     probe, starts = None, window_starts(data, meta, cfg)
     if cfg.log_stats:

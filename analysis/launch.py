@@ -38,16 +38,21 @@ def train_argv(cfg):
 
 def worker_envs(device, jobs, n_runs):
     """One environment overlay per worker: a GPU each for cuda (round robin: jobs > GPUs puts several runs on
-    one GPU), else a share of the CPU cores."""
+    one GPU), else a share of the CPU cores. Every worker also gets its share of the cores for OpenMP threads and
+    torch.compile's compile workers: by default each process takes them all (15 runs on one 16-core GPU machine
+    would start 15 × 16 of each)."""
+    cores = len(os.sched_getaffinity(0))
+    share = lambda n: {"OMP_NUM_THREADS": str(max(1, cores // n)),  # noqa: E731
+                       "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, cores // n))}
     if device.startswith("cuda"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(max(1, min(jobs or len(gpus), n_runs)))]
+        n = max(1, min(jobs or len(gpus), n_runs))
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], **share(n)} for i in range(n)]
     if device != "cpu":  # mps: one device
         return [{}]
-    cores = len(os.sched_getaffinity(0))
     jobs = max(1, min(jobs or cores, n_runs))
-    return [{"OMP_NUM_THREADS": str(max(1, cores // jobs))}] * jobs
+    return [share(jobs)] * jobs
 
 
 class Progress:

@@ -36,7 +36,7 @@ def main(argv=None):
     parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--backend", default="inductor")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
@@ -47,7 +47,7 @@ def main(argv=None):
         sys.exit("error: run under torchrun (see --help)")
     cfg = TrainConfig(device="cpu", dtype="float32", n_layer=args.n_layer, n_head=4, n_embd=args.n_embd,
                       block_size=args.block_size, batch_size=args.batch_size,
-                      gradient_accumulation_steps=dist_ctx.world_size)
+                      gradient_accumulation_steps=2 * dist_ctx.world_size)  # two micro-steps: no_sync, then sync
     data = np.random.default_rng(0).integers(0, 512, 100_000).astype(np.uint16)
     steps = {}
     for order in ORDERS:
@@ -59,7 +59,7 @@ def main(argv=None):
         state = TrainState(0, float("inf"), torch.Generator().manual_seed(0))
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         steps[order] = lambda model=model, raw=raw, optimizer=optimizer, scaler=scaler, state=state: train_step(
-            model, raw, optimizer, scaler, data, state, cfg, runtime.autocast("cpu", "float32"), dist_ctx)
+            model, raw, optimizer, scaler, data, None, state, cfg, runtime.autocast("cpu", "float32"), dist_ctx)
         for _ in range(args.warmup):
             steps[order]()
     times = {order: [] for order in ORDERS}

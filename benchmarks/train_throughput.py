@@ -11,6 +11,8 @@ other attn_gate mode with the first attn_norm (softmax): a gate scales attention
 depend on the normalizer. The × column is tokens/s over the first row's in the same run. MFU is model.estimate_mfu against the device's peak bf16.
 --rounds R measures every row R times, the rows interleaved (round 1 measures every row, then round 2, ...), and
 reports each row's median: on a shared machine whose load drifts, every row then sees the same drift.
+Each row is written (printed, and to --out) as soon as it is measured (in its last round), so a run stopped at a
+time limit keeps every finished row.
 
 --batch_size=auto: on a GPU, the largest micro-batch that fits, found for the first row by halving from
 --max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
@@ -59,7 +61,7 @@ def measure(cfg, vocab_size, iters, warmup):
         if i == warmup:
             sync()
             t0 = time.perf_counter()
-        train_step(step_model, model, optimizer, scaler, data, state, cfg, autocast, dist_ctx)
+        train_step(step_model, model, optimizer, scaler, data, None, state, cfg, autocast, dist_ctx)  # None: uniform windows
     sync()
     return (time.perf_counter() - t0) / iters, model
 
@@ -147,6 +149,7 @@ def main(argv=None):
                "|---|---|---|---:|---:|---:|---:|---:|")
     batch_size, failed = args.max_batch_size if auto else cfg.batch_size, {}
     seconds, used, flops = [[] for _ in rows], [None] * len(rows), [None] * len(rows)
+    base = None
     for r in range(args.rounds):
         for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
             if i in failed:
@@ -165,20 +168,16 @@ def main(argv=None):
             if args.rounds > 1:
                 print(f"round {r + 1}/{args.rounds}: {norm}, {gate}: {dt * 1000:.1f} ms/iter", flush=True)
             del model  # before the next row builds its own
-    base = None
-    for i, ((norm, gate), cfg) in enumerate(zip(rows, cfgs)):
-        if i in failed:
-            continue
-        dt = float(np.median(seconds[i]))
-        tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
-        if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
-            base = tokens / dt
-        attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.attention_dropout,
-                                         cfg.n_embd // cfg.n_head)
-        batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
-        report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
-                   f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
-                   f"{f'{tokens / dt / base:.2f}' if base else '—'} |")
+            if r == args.rounds - 1:  # the row is complete: written now, so a run stopped midway keeps it
+                dt = float(np.median(seconds[i]))
+                if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
+                    base = tokens / dt
+                attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0],
+                                                 cfg.attention_dropout, cfg.n_embd // cfg.n_head)
+                batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
+                report.add(f"| {norm} | {gate} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
+                           f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
+                           f"{f'{tokens / dt / base:.2f}' if base else '—'} |")
     if failed:
         report.add("", "Failed:", "", *failed.values())
 

@@ -352,8 +352,8 @@ def configs(norm, d, dtype, capability):
     capability ((major, minor); None: Triton's interpreter). Chosen with benchmarks/kernel_compile.py so that on
     sm_80, sm_86 and sm_90 no fp16/bf16 kernel spills registers and none needs more shared memory than its target has
     (benchmarks/results/cuda-kernels.md): the fused-attention tutorial's shapes with 8 warps wherever the fp32
-    accumulators (acc; dK, dV) are large, 64-key backward blocks, and half the query block for clipped's forward at
-    d > 64, which holds a second accumulator. fp32 takes small blocks, as its 3xTF32 dots need three times the
+    accumulators (acc; dK, dV) are large, 64-key backward blocks (32 at d = 64), 32-key forward blocks at d > 64 and half the query
+    block for clipped's forward there, which holds a second accumulator. fp32 takes small blocks, as its 3xTF32 dots need three times the
     registers and shared memory (some spilling is its price), and a single stage at d > 64 where shared memory is
     99 KB. In the interpreter every tile op is a numpy call, so small blocks are fast; they are still unequal (and a
     backward block spans two of its inner blocks), so that the tests exercise the same block structure as the GPU."""
@@ -369,7 +369,9 @@ def configs(norm, d, dtype, capability):
         fwd = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8)
     else:
         fwd = dict(BLOCK_M=64 if norm == "clipped" else 128, BLOCK_N=64 if norm == "clipped" else 32, num_warps=8)
-    return fwd | dict(num_stages=3), dict(BLOCK_OUT=64, BLOCK_IN=32, num_warps=8, num_stages=3)
+    # At d = 64, 64-key backward blocks spill a few bytes on sm_80 and sm_86 in any warp or stage count tried.
+    bwd = dict(BLOCK_OUT=32, BLOCK_IN=32, num_warps=4) if 32 < d <= 64 else dict(BLOCK_OUT=64, BLOCK_IN=32, num_warps=8)
+    return fwd | dict(num_stages=3), bwd | dict(num_stages=3)
 
 
 def capability(device):

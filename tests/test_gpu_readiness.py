@@ -234,7 +234,7 @@ def test_train_step_syncs_with_the_host_once(tmp_path, char_data_root, monkeypat
     reads = []
     original = torch.Tensor.__bool__
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t.dtype) or original(t))
-    train.train_step(gpt, gpt, optimizer, scaler, data["train"], state, cfg, runtime.autocast("cpu", cfg.dtype),
+    train.train_step(gpt, gpt, optimizer, scaler, data["train"], None, state, cfg, runtime.autocast("cpu", cfg.dtype),
                      dist_ctx)
     assert reads.count(torch.bool) == 1
 
@@ -268,3 +268,66 @@ def test_checkpoint_from_before_attn_dropout_resumes(tmp_path, char_data_root, t
     torch.save(ckpt, wd / "out" / "ckpt.pt")
     run_train(wd, [*TINY, "--max_iters=31", "--eval_interval=31", "--out_dir=out"])
     assert [e["iter"] for e in read_metrics(wd / "out") if e["event"] == "resume"] == [30]
+
+
+# ---- aten's CUDA attention ops on meta tensors, at the model's shapes ----
+
+MODEL_SHAPES = [(768, 12, 1024), (384, 6, 256)]  # (n_embd, n_head, block_size): GPT-2 124M, GPU Shakespeare
+CUDA_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# kvbias's virtual logits switch autocast off, which meta tensors do not have; its per-query logit and value go
+# through the same ops in test_kernels.py::test_softmax1_cuda_plumbing.
+VIRTUAL_KEY = [n for n, spec in normalizers.NORMALIZERS.items()
+               if getattr(spec.fused, "__module__", "") == "kernels.softmax1" and n != "kvbias"]
+
+
+@pytest.mark.parametrize("n_embd, n_head, T", MODEL_SHAPES)
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("attn_norm", VIRTUAL_KEY)
+def test_virtual_key_layers_on_cuda_ops(attn_norm, dtype, n_embd, n_head, T):
+    """A layer's fused path, forward and backward, on meta tensors: kernels/softmax1.py takes aten's CUDA ops for
+    any non-CPU device, so a change in their schemas or outputs fails here."""
+    cfg = model.GPTConfig(n_layer=1, n_head=n_head, n_embd=n_embd, block_size=T, attn_norm=attn_norm)
+    with torch.device("meta"):
+        attn = model.CausalSelfAttention(cfg, 0).to(dtype)
+        x = torch.empty(2, T, n_embd, dtype=dtype, requires_grad=True)
+    q, k, v = attn.qkv(x)
+    assert softmax1.backend(q) is (softmax1.CUDAEfficient if dtype == torch.float32 else softmax1.CUDAFlash)
+    y = normalizers.get(attn_norm).fused(q, k, v, **attn.norm_args(x))
+    assert y.shape == q.shape and y.dtype == dtype
+    params = [p for p in attn.parameters()]
+    grads = torch.autograd.grad(y, [x, *params], torch.ones_like(y), allow_unused=True)
+    assert grads[0].shape == x.shape and all(g is None or g.shape == p.shape for g, p in zip(grads[1:], params))
+
+
+@pytest.mark.parametrize("n_embd, n_head, T", MODEL_SHAPES)
+@pytest.mark.parametrize("dtype", CUDA_DTYPES[:2], ids=str)
+@pytest.mark.parametrize("attn_norm", ["diff", "diff2"])
+def test_diff_shapes_on_cuda_flash_ops(attn_norm, dtype, n_embd, n_head, T):
+    """The shapes diff's and diff2's SDPA calls hand FlashAttention-2 (fp16/bf16) on CUDA, through aten's flash
+    forward and backward on meta tensors: diff's q, k padded to v's 2d; diff2's 2H query heads over H kv heads."""
+    B, d = 2, n_embd // n_head
+    if attn_norm == "diff":  # H sub-heads at d padded to 2d, value heads 2d wide repeated per sub-head
+        q_shape, kv_shape = (B, n_head, T, 2 * d), (B, n_head, T, 2 * d)
+    else:
+        q_shape, kv_shape = (B, 2 * n_head, T, d), (B, n_head, T, d)
+    q = torch.empty(q_shape, device="meta", dtype=dtype)
+    k, v = (torch.empty(kv_shape, device="meta", dtype=dtype) for _ in range(2))
+    aten = torch.ops.aten
+    out, lse, cum_q, cum_k, max_q, max_k, rng, unused, _ = aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, True, False, scale=d**-0.5)
+    assert out.shape == q_shape[:3] + (kv_shape[-1],) and lse.shape == q_shape[:3]
+    dq, dk, dv = aten._scaled_dot_product_flash_attention_backward(
+        out, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, True, rng, unused, scale=d**-0.5)
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+
+
+def test_study_workers_share_compile_threads_on_a_gpu(monkeypatch):
+    """./run_study.sh with study_jobs=15 on one 16-core GPU machine: each run gets 1 OpenMP thread and 1 compile
+    worker, not 16 of each."""
+    from analysis import launch
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    envs = launch.worker_envs("cuda", 15, n_runs=30)
+    assert len(envs) == 15 and all(e["CUDA_VISIBLE_DEVICES"] == "0" for e in envs)
+    assert {(e["OMP_NUM_THREADS"], e["TORCHINDUCTOR_COMPILE_THREADS"]) for e in envs} == {("1", "1")}
+    assert {e["TORCHINDUCTOR_COMPILE_THREADS"] for e in launch.worker_envs("cuda", 2, n_runs=30)} == {"8"}
