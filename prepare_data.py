@@ -9,8 +9,9 @@ Prepare a dataset for train.py: flat binary token files plus a meta.json.
 Writes <out_dir>/<name>/train.bin and val.bin (token ids back to back; uint16, or uint32 if the vocab
 has more than 65535 entries; train.py memmaps them) and meta.json (tokenizer, vocab_size, dtype, token
 counts, source; "chars" for char level). Everything is built in <name>.tmp-<pid>/ with meta.json written
-last and then renamed into place, so a directory holding meta.json is complete. A re-run is a no-op
-unless --force, which rebuilds without touching the old data until the new is complete.
+last, synced to disk and then renamed into place, so a directory holding meta.json is complete, even after a
+power loss. A re-run is a no-op unless --force, which rebuilds without touching the old data until the new is
+complete.
 
 --text takes .txt files (a document is a blank-line separated paragraph), .jsonl/.json or .parquet files
 (a document is a row's "text" field). Like openwebtext (nanoGPT's recipe), documents are shuffled into
@@ -415,6 +416,16 @@ def _clean_stale(final):
                 print(f"removed {path}, left by a run that was killed (pid {pid})")
 
 
+def fsync(path):
+    """Flush a file's data, or a directory's entries, to disk: a rename is durable only once what it renames is, and
+    itself only once its directory is (a power loss otherwise can leave meta.json beside empty .bin files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _deferred_interrupt():
     """Hold Ctrl-C (SIGINT) off until the block is done: a swap of directories is never left halfway."""
@@ -486,7 +497,11 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
         else:
             meta = _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc)
         meta["dtype"] = np.dtype(_dtype(meta["vocab_size"])).name
+        for path in tmp.iterdir():  # on disk before meta.json can say they are complete (_clean_stale trusts it)
+            fsync(path)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: it marks the dir complete
+        fsync(tmp / "meta.json")
+        fsync(tmp)  # its entries: the rename below moves the directory, not what is in it
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, KeyboardInterrupt):
@@ -501,6 +516,7 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
             if final.exists():
                 final.rename(old)
             tmp.rename(final)
+            fsync(final.parent)  # the renames themselves
         shutil.rmtree(old, ignore_errors=True)
     except KeyboardInterrupt:
         shutil.rmtree(old, ignore_errors=True)
