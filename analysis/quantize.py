@@ -197,8 +197,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.calib_batches < 1 or args.max_tokens < 2 or not 50 < args.percentile <= 100:
         p.error("need --calib_batches >= 1, --max_tokens >= 2 and 50 < --percentile <= 100")
-    if not args.tolerance >= 0:
-        p.error(f"--tolerance={args.tolerance}: need a fraction of the fp PPL >= 0, e.g. 0.01 for 1%")
+    if not args.tolerance >= 0:  # NaN too
+        raise SystemExit(f"error: --tolerance={args.tolerance} is not a fraction >= 0: give the PPL a rung may lose "
+                         f"relative to fp, e.g. 0.01 for 1%")
 
     from checkpoint import CheckpointError
     from prepare_data import load_meta

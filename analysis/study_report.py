@@ -31,6 +31,9 @@ MODEL_METRICS = [
 QUANT_METRICS = [("PPL fp (quant. tokens)", "ppl_fp")] + [
     (f"ΔPPL {name.replace('_', ' ')}", f"delta_ppl_{name}") for name in quantize.VARIANTS] + [
     ("min act. bits", "min_act_bits")]
+# HellaSwag's accuracies (analysis.hellaswag, or train.py's hellaswag_interval) where a run has them
+HELLASWAG_METRICS = [("HellaSwag acc (sum loss)", "hellaswag_acc_sum_loss"),
+                     ("HellaSwag acc (mean loss)", "hellaswag_acc_mean_loss")]
 LAYER_GROUPS = report.KURTOSIS + ("act_absmax", "attn_sink")
 
 
@@ -62,6 +65,15 @@ def values(rows, key):
 
 def mean_std(x):
     return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
+
+
+def downstream_metrics(by_variant):
+    """(heading, key) of the downstream scores some run has: HellaSwag's and lm-eval's metrics (analysis.lm_eval),
+    not their standard errors and counts."""
+    keys = dict.fromkeys(key for rows in by_variant.values() for _, row in rows for key in row)
+    lm_eval = [(f"lm-eval {key[len('lm_eval_'):]}", key) for key in keys if key.startswith("lm_eval_")
+               and "_stderr" not in key and not key.endswith("_samples") and key != "lm_eval_limit"]
+    return [(heading, key) for heading, key in HELLASWAG_METRICS if key in keys] + lm_eval
 
 
 def table(by_variant, metrics):
@@ -235,7 +247,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
              f"`{study_dir}/runs/<variant>-s<seed>/`.{names}", ""]
     if sweep:
         lines += ["## Sweep", "", sweep_section(sweep), ""]
-    metrics = MODEL_METRICS + QUANT_METRICS
+    downstream = downstream_metrics(by_variant)
+    metrics = MODEL_METRICS + QUANT_METRICS + downstream
     ladder = ", ".join(name.replace("_", " ") for name in quantize.ACT_LADDER.values())
     baselines = ", ".join(f"**{v.name}** under {v.optimizer}" for v in variants
                           if (v.norm, v.gate) == (first.norm, first.gate))
@@ -253,8 +266,13 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
               f"wte, so the embedding reads the quantized matrix too. *min act. bits*: the smallest activation width "
               f"reached walking down the ladder {ladder} before a rung loses more than {ev['quant_tolerance']:.1%} of "
               f"the fp PPL (PPL ≤ {1 + ev['quant_tolerance']:g} × PPL fp); '–' where W8A8 already loses more for "
-              f"some seed.", "", table(by_variant, QUANT_METRICS), "",
-              "## Which differences exceed seed noise", "",
+              f"some seed.", "", table(by_variant, QUANT_METRICS), ""]
+    if downstream:
+        lines += ["Downstream, on the final checkpoint (a run without a score shows –): HellaSwag's val set scored "
+                  "completion style as build-nanogpt does (`analysis.hellaswag`: the ending with the lowest summed, "
+                  "or mean per token, loss), and lm-evaluation-harness tasks (`analysis.lm_eval`) as "
+                  "`<task> <metric>`.", "", table(by_variant, downstream), ""]
+    lines += ["## Which differences exceed seed noise", "",
               noise_section(by_variant, metrics, against_baseline,
                             f"Each variant against the baseline with the same optimizer ({baselines}: the first "
                             f"registered normalizer in the study, with attn_gate={first.gate})."), ""]
@@ -267,6 +285,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     figures = [("bars_model.png", fig_bars(by_variant, styles, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
                ("bars_quantization.png",
                 fig_bars(by_variant, styles, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
+    if downstream:
+        figures.append(("bars_downstream.png", fig_bars(by_variant, styles, downstream, "Downstream accuracy")))
     for optimizer in optimizers:  # a figure per optimizer: every variant in one would be too many lines
         subset = {v: rows for v, rows in by_variant.items() if v.optimizer == optimizer}
         if not subset:

@@ -221,8 +221,10 @@ def test_cli_merges_all_keys_into_eval_json(tmp_path):
     assert "quantize" in pending_steps(run, 7, wandb_log=False)  # a study would redo it at its own tolerance
 
 
-def test_cli_refuses_a_negative_tolerance(capsys):
-    with pytest.raises(SystemExit):
-        quantize.main(["unused", "--tolerance", "-0.01"])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--tolerance=-0.01" in err and "e.g. 0.01" in err
+@pytest.mark.parametrize("tolerance", ["-0.01", "nan"])
+def test_negative_tolerance_is_one_error_line(tolerance):
+    with pytest.raises(SystemExit) as exit_info:  # before the run directory is even looked at
+        quantize.main(["no-such-run", "--tolerance", tolerance])
+    message = str(exit_info.value)
+    assert message.startswith(f"error: --tolerance={float(tolerance)} ") and "e.g. 0.01" in message
+    assert "\n" not in message
