@@ -615,7 +615,8 @@ def nonfinite_message(cfg, state, out_dir):
         causes = f"lower learning_rate ({cfg.learning_rate} is far too high)"
     elif cfg.grad_clip == 0:
         causes = "lower learning_rate or clip gradients (grad_clip=1.0; it is 0, off)"
-    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)}" if (out_dir / CKPT_NAME).exists()
+    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)} (with other settings: add "
+            f"--resume_changes=<them>, e.g. --resume_changes=learning_rate)" if (out_dir / CKPT_NAME).exists()
             else "No checkpoint was written")
     return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {state.iter_num - 1}: {causes}. {kept}."
 
