@@ -9,8 +9,9 @@ Prepare a dataset for train.py: flat binary token files plus a meta.json.
 Writes <out_dir>/<name>/train.bin and val.bin (token ids back to back; uint16, or uint32 if the vocab
 has more than 65535 entries; train.py memmaps them) and meta.json (tokenizer, vocab_size, dtype, token
 counts, source; "chars" for char level). Everything is built in <name>.tmp-<pid>/ with meta.json written
-last and then renamed into place, so a directory holding meta.json is complete. A re-run is a no-op
-unless --force, which rebuilds without touching the old data until the new is complete.
+last, synced to disk and then renamed into place, so a directory holding meta.json is complete, even after a
+power loss. A re-run is a no-op unless --force, which rebuilds without touching the old data until the new is
+complete.
 
 --text takes .txt files (a document is a blank-line separated paragraph), .jsonl/.json or .parquet files
 (a document is a row's "text" field). Like openwebtext (nanoGPT's recipe), documents are shuffled into
@@ -433,6 +434,7 @@ def _write_json_atomically(path, obj):
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        fsync(tmp)
         os.replace(tmp, path)
     except OSError:  # a read-only dataset: the fingerprint is computed again on the next load
         tmp.unlink(missing_ok=True)
@@ -495,6 +497,16 @@ def _clean_stale(final):
             else:
                 shutil.rmtree(path, ignore_errors=True)
                 print(f"removed {path}, left by a run that was killed (pid {pid})")
+
+
+def fsync(path):
+    """Flush a file's data, or a directory's entries, to disk: a rename is durable only once what it renames is, and
+    itself only once its directory is (a power loss otherwise can leave meta.json beside empty .bin files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -594,7 +606,11 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
         meta["dtype"] = np.dtype(_dtype(meta["vocab_size"])).name
         meta["prepared_with"] = asked
         meta["fingerprint"] = data_fingerprint(tmp, tokenizer_identity(meta))
+        for path in tmp.iterdir():  # on disk before meta.json can say they are complete (_clean_stale trusts it)
+            fsync(path)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: it marks the dir complete
+        fsync(tmp / "meta.json")
+        fsync(tmp)  # its entries: the rename below moves the directory, not what is in it
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, KeyboardInterrupt):
@@ -609,6 +625,7 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
             if final.exists():
                 final.rename(old)
             tmp.rename(final)
+            fsync(final.parent)  # the renames themselves
         shutil.rmtree(old, ignore_errors=True)
     except KeyboardInterrupt:
         shutil.rmtree(old, ignore_errors=True)

@@ -58,7 +58,8 @@ class TrainConfig(GPTConfig):
     # Settings a resumed run may change freely: they change where and how it runs, what it logs, or (max_iters) how
     # long it trains, not what it learns. Any other setting must equal the checkpoint's, unless resume_changes
     # names it (then it takes effect from the resume on); the model's own settings (GPTConfig) never change.
-    RESUME_FREE = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint",
+    RESUME_FREE = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "hellaswag_interval",
+                   "always_save_checkpoint",
                    "keep_checkpoints", "init_from", "log_stats", "wandb_log", "wandb_project", "wandb_run_name",
                    "wandb_group", "wandb_tags", "finetune_other_dataset", "resume_changes", "max_iters",
                    "max_nonfinite_steps", "device", "compile", "attn_impl"}
@@ -72,6 +73,7 @@ class TrainConfig(GPTConfig):
     keep_checkpoints: int = 1  # keep this many newest checkpoints (ckpt.pt plus ckpt-<iter>.pt)
     init_from: str = "auto"  # 'scratch', 'resume' (out_dir/ckpt.pt), or 'auto' (resume if one exists)
     log_stats: bool = True  # kurtosis, outliers and attention statistics at every eval (see analysis/)
+    hellaswag_interval: int = 0  # also score HellaSwag (analysis/hellaswag.py) every this many iterations; 0: never
     # wandb
     wandb_log: bool = False  # log to wandb too (WANDB_MODE=offline works without network)
     wandb_project: str = "attnorm"  # the wandb project
@@ -127,6 +129,9 @@ class TrainConfig(GPTConfig):
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.hellaswag_interval < 0 or self.hellaswag_interval % self.eval_interval:
+            raise ConfigError(f"hellaswag_interval must be 0 (never) or a multiple of eval_interval "
+                              f"({self.eval_interval}), got {self.hellaswag_interval}")
         if self.muon_lr is not None and self.muon_lr <= 0:
             raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
         if not 0 <= self.seed < 2**63 - 2**16:  # torch seeds are 64-bit; seed + 1 and seed + rank are seeds too
@@ -545,6 +550,14 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
     if cfg.log_stats:
         from analysis.stats import model_stats, probe_batch
         probe = probe_batch(data["val"], cfg.block_size).to(dist_ctx.device)
+    hellaswag = None
+    if cfg.hellaswag_interval:
+        from analysis import hellaswag as hs
+        from prepare_data import load_tokenizer
+        try:
+            hellaswag = hs.load_encoded(load_tokenizer(meta)[0])
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     device_name = runtime.device_name(dist_ctx.device)
     t0, t0_iter = time.time(), state.iter_num
@@ -559,6 +572,9 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
                 t_stats = time.time()
                 event.update(model_stats(raw_model, probe))
                 event["stats_s"] = time.time() - t_stats
+            if hellaswag and (state.iter_num % cfg.hellaswag_interval == 0 or state.iter_num == cfg.max_iters):
+                with autocast:
+                    event.update(hs.score(raw_model, *hellaswag, cfg.block_size, cfg.batch_size, dist_ctx.device))
             log(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             metrics.record(state.iter_num, event)
             if losses["val"] < state.best_val_loss or cfg.always_save_checkpoint:

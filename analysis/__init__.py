@@ -5,7 +5,11 @@ Analysis of attnorm runs: outlier and attention statistics, perplexity, and the 
     perplexity.py          exact perplexity / bits per character of a checkpoint over a whole split
     quantize.py            post-training fake quantization (W8A8, W8, W4) and the perplexity it costs
     report.py              report.md and plots comparing runs; kurtosis_curves.ipynb draws the same figures
-    study.py               the multi-seed study behind run_study.sh: sweeps, training, evaluation, its report
+    study.py               the multi-seed study behind run_study.sh: its variants, seeds, sweeps, settings checks
+    launch.py              how the study's runs are launched: a pool of local workers, progress
+    run_steps.py           one study run: the steps it still needs, and its evaluation
+    significance.py        the study's comparisons: Welch's t interval and test, Holm's correction
+    study_report.py        the study's report.md: mean ± std tables, comparisons, sweep table, figures
     plots.py               what the reports share: registry order and colours, number format, figure grid
 
 This module only reads files (no torch, no matplotlib), because train.py imports the package at startup.

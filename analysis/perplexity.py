@@ -74,6 +74,43 @@ def evaluate_perplexity(model, tokens, block_size, batch_size, device, stride=No
     return {"loss": nll_sum / count, "ppl": math.exp(nll_sum / count), "tokens": int(count), "nll_sum": nll_sum}
 
 
+@torch.no_grad()
+def continuation_logprobs(model, pairs, block_size, batch_size, device, progress=False):
+    """The log-probability of every token of each continuation given its context, and whether it was the model's
+    greedy (argmax) choice: for (context, continuation) pairs of token-id lists, context non-empty, a list of
+    (float64 array, bool array), one entry per continuation token.
+
+    A continuation is scored in pieces of up to block_size tokens, each read with as much of what precedes it as
+    fits in one block_size window (the context is cut from the left). A pair (first token, the rest of a text)
+    is thus scored in exactly the windows evaluate_perplexity scores the text in. model(x, targets) returns
+    (logits, loss) as GPT does; windows are batched batch_size at a time, longest first, padded on the right (a
+    causal model's scores do not see the padding)."""
+    rows = []  # (tokens of the window, how many of its last predictions are scored, pair index, piece index)
+    for i, (context, continuation) in enumerate(pairs):
+        if not context:
+            raise ValueError("the context must hold at least one token")
+        for piece, a in enumerate(range(0, len(continuation), block_size)):
+            seen = list(context) + list(continuation[:a + block_size])
+            rows.append((seen[-(block_size + 1):], len(continuation[a:a + block_size]), i, piece))
+    rows.sort(key=lambda row: -len(row[0]))
+    pieces = [{} for _ in pairs]  # piece index -> (log-probabilities, greedy)
+    was_training = model.training
+    model.eval()
+    for b in tqdm(range(0, len(rows), batch_size), unit="batch", disable=not progress):
+        batch = rows[b:b + batch_size]
+        width = len(batch[0][0])
+        chunk = torch.tensor([tokens + [0] * (width - len(tokens)) for tokens, _, _, _ in batch], device=device)
+        logits = model(chunk[:, :-1], chunk[:, 1:])[0]
+        for r, (tokens, n, i, piece) in enumerate(batch):
+            scored = logits[r, len(tokens) - 1 - n:len(tokens) - 1].double().log_softmax(-1)
+            targets = chunk[r, len(tokens) - n:len(tokens)]
+            pieces[i][piece] = (scored.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
+                                (scored.argmax(-1) == targets).cpu().numpy())
+    model.train(was_training)
+    return [(np.concatenate([np.zeros(0)] + [p[k][0] for k in sorted(p)]),
+             np.concatenate([np.zeros(0, bool)] + [p[k][1] for k in sorted(p)])) for p in pieces]
+
+
 def bits_per_char(nll_sum, tokens, meta):
     """Bits per character of tokens[1:] (what evaluate_perplexity scores), or None for an unknown tokenizer."""
     if meta["tokenizer"] == "char":

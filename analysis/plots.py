@@ -1,5 +1,5 @@
 """
-What the run report (analysis.report) and the study report (analysis.study) share in how they draw and print:
+What the run report (analysis.report) and the study report (analysis.study_report) share in how they draw and print:
 each normalizer's colour and place in the order (from the registry), number formatting, the figure grid, the
 y scale. matplotlib's Figure is used directly (no pyplot): reports render off-screen, without a GUI backend.
 """

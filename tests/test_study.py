@@ -1,6 +1,6 @@
-"""analysis/study.py and run_study.sh: tiny studies end to end (a re-run, changed settings, --rerun, a sweep, gates
-and optimizers, wandb offline), the variants and their names, the statistics against hand-computed cases, the study
-settings of config files."""
+"""run_study.sh and analysis/study.py with its launch, significance and study_report: tiny studies end to end (a
+re-run, changed settings, --rerun, a sweep, gates and optimizers, wandb offline), the variants and their names, the
+statistics against hand-computed cases, the study settings of config files."""
 import argparse
 import json
 import math
@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import configurator
 import prepare_data
-from analysis import study
+from analysis import launch, quantize, significance, study, study_report
 from analysis.plots import fmt
 from checkpoint import load_checkpoint
 from configurator import ConfigError
 from normalizers import NORMALIZERS
 from normalizers.gates import GATES
+from train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import wandb_run_contents  # noqa: E402
@@ -90,7 +92,7 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
         assert {norm, "seed=0"} <= set(contents[0]["run"].tags)
         ev = json.loads((run_dir / "eval.json").read_text())
         summary = {k: v for c in contents for k, v in c["summary"].items()}
-        for key in ["val_ppl", *(f"delta_ppl_{name}" for name in study.quantize.VARIANTS)]:
+        for key in ["val_ppl", *(f"delta_ppl_{name}" for name in quantize.VARIANTS)]:
             assert summary[key] == ev[key], key
 
     checkpoints = sorted(study_dir.glob("runs/*/ckpt.pt"))
@@ -196,9 +198,9 @@ def test_data_that_cannot_be_prepared_is_one_error_line(tmp_path):
 
 def test_holm_against_a_hand_computed_case():
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, then 0.04·1 = 0.04 < 0.06 -> 0.06 (monotone)
-    adjusted = study.holm([0.01, 0.04, 0.03, math.nan, 0.005])
+    adjusted = significance.holm([0.01, 0.04, 0.03, math.nan, 0.005])
     assert np.allclose(adjusted[[0, 1, 2, 4]], [0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[3])
-    assert study.holm([0.5, 0.6]).tolist() == [1.0, 1.0]  # capped at 1
+    assert significance.holm([0.5, 0.6]).tolist() == [1.0, 1.0]  # capped at 1
 
 
 def test_welch_interval_against_the_formula():
@@ -206,11 +208,11 @@ def test_welch_interval_against_the_formula():
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch–Satterthwaite
     half = scipy.stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    diff, low, high, p = study.welch(a, b)
+    diff, low, high, p = significance.welch(a, b)
     assert diff == pytest.approx(a.mean() - b.mean())
     assert (low, high) == pytest.approx((diff - half, diff + half))
     assert p == pytest.approx(2 * scipy.stats.t.sf(diff / math.sqrt(va + vb), df))
-    assert all(math.isnan(x) for x in study.welch(a, np.array([1.0]))[1:])  # one seed: no interval
+    assert all(math.isnan(x) for x in significance.welch(a, np.array([1.0]))[1:])  # one seed: no interval
 
 
 def rows(*xs):
@@ -230,7 +232,7 @@ def test_noise_section_bolds_only_what_survives_holm():
     softmax, far_v, near_v, single, failed = map(variant, ["softmax", "far", "near", "single", "failed"])
     by_variant = {softmax: rows(*base), far_v: rows(*far), near_v: rows(*near), single: rows(5.0)}
     pairs = [(v, softmax) for v in (far_v, near_v, single, failed)]  # failed: no runs, left out
-    text = study.noise_section(by_variant, [("metric m", "m"), ("metric n", "n")], pairs, "Against softmax.")
+    text = study_report.noise_section(by_variant, [("metric m", "m"), ("metric n", "n")], pairs, "Against softmax.")
     cells = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| metric")}
     # by hand: se = √(2·0.0001/3) = 0.00816, t(0.975, df 4) = 2.776: 1 ± 0.0227
     assert "| **+1** | **[+0.977, +1.02]** |" in cells[("| metric m", "far − softmax")]
@@ -262,7 +264,7 @@ def test_variants_have_unique_names_that_show_what_differs_from_the_defaults():
     assert [(v.name, v.optimizer) for v in plain] == [("softmax+headwise+muon", "muon"), ("symax+headwise+muon", "muon")]
     assert study.Run(plain[1], 2, (("learning_rate", 0.001),)).label == "symax+headwise+muon-learning_rate=0.001-s2"
     # The baselines: per optimizer; the optimizer's effect: each variant against itself under the first optimizer.
-    against_baseline, optimizer_effect = study.comparisons(study.study_variants(
+    against_baseline, optimizer_effect = significance.comparisons(study.study_variants(
         ["softmax", "sink"], ["headwise"], ["adamw", "muon"], "none"))
     assert [(v.name, ref.name) for v, ref in against_baseline] == [
         ("softmax+headwise", "softmax"), ("sink", "softmax"),
@@ -272,7 +274,7 @@ def test_variants_have_unique_names_that_show_what_differs_from_the_defaults():
 
 
 def test_run_config_sets_the_variant_and_tags_its_gate(tmp_path):
-    cfg = study.TrainConfig(device="cpu", dtype="float32", wandb_tags="mine")
+    cfg = TrainConfig(device="cpu", dtype="float32", wandb_tags="mine")
     plain, gated = study.study_variants(["softmax"], ["headwise"], ["adamw", "muon"], "none")[2:]
     run = study.Run(gated, 1, (("learning_rate", 0.001),))
     run_cfg = study.run_config(cfg, run, tmp_path / "study" / "runs" / run.label)
@@ -285,10 +287,10 @@ def test_run_config_sets_the_variant_and_tags_its_gate(tmp_path):
 def axes(settings=None, overrides=(), **kw):
     args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "seeds": None, "sweep": None,
                                  "config": "cfg.py", **kw})
-    cfg = study.TrainConfig()
+    cfg = TrainConfig()
     for override in overrides:
         key, _, value = override[2:].partition("=")
-        study.configurator.set_key(cfg, key, value, "the command line")
+        configurator.set_key(cfg, key, value, "the command line")
     return study.study_axes(args, settings or {}, cfg, list(overrides))
 
 
@@ -326,7 +328,7 @@ def test_each_variant_may_keep_its_own_settings():
     variants, _, _ = axes(own)
     assert {v.name: v.settings for v in variants} == {"softmax": (), "symax": (("learning_rate", 0.008),),
                                                       "softmax+muon": (("learning_rate", 0.002),), "symax+muon": ()}
-    cfg = study.TrainConfig(device="cpu", dtype="float32")
+    cfg = TrainConfig(device="cpu", dtype="float32")
     symax = next(v for v in variants if v.name == "symax")
     assert study.run_config(cfg, study.Run(symax, 2), Path("study/x/runs/symax-s2")).learning_rate == 0.008
     assert study.run_config(cfg, study.Run(variants[0], 2), Path("study/x/runs/a")).learning_rate == cfg.learning_rate
@@ -376,12 +378,12 @@ def test_config_files_hold_study_settings(tmp_path):
 
 
 def test_worker_envs_share_the_cores_and_the_gpus(monkeypatch):
-    envs = study.worker_envs("cpu", None, n_runs=1)
+    envs = launch.worker_envs("cpu", None, n_runs=1)
     assert len(envs) == 1 and int(envs[0]["OMP_NUM_THREADS"]) >= 1
     cores = len(os.sched_getaffinity(0))
-    envs = study.worker_envs("cpu", None, n_runs=100)
+    envs = launch.worker_envs("cpu", None, n_runs=100)
     assert len(envs) == cores and all(e["OMP_NUM_THREADS"] == "1" for e in envs)
-    assert [e["OMP_NUM_THREADS"] for e in study.worker_envs("cpu", 1, n_runs=5)] == [str(cores)]
+    assert [e["OMP_NUM_THREADS"] for e in launch.worker_envs("cpu", 1, n_runs=5)] == [str(cores)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in study.worker_envs("cuda", None, 12)] == ["3", "5"]
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in study.worker_envs("cuda", 5, 12)] == ["3", "5", "3", "5", "3"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in launch.worker_envs("cuda", None, 12)] == ["3", "5"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in launch.worker_envs("cuda", 5, 12)] == ["3", "5", "3", "5", "3"]
