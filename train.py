@@ -59,10 +59,9 @@ class TrainConfig(GPTConfig):
     # long it trains, not what it learns. Any other setting must equal the checkpoint's, unless resume_changes
     # names it (then it takes effect from the resume on); the model's own settings (GPTConfig) never change.
     RESUME_FREE = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "hellaswag_interval",
-                   "always_save_checkpoint",
-                   "keep_checkpoints", "init_from", "log_stats", "wandb_log", "wandb_project", "wandb_run_name",
-                   "wandb_group", "wandb_tags", "finetune_other_dataset", "resume_changes", "max_iters",
-                   "max_nonfinite_steps", "device", "compile", "attn_impl"}
+                   "always_save_checkpoint", "keep_checkpoints", "init_from", "log_stats", "wandb_log",
+                   "wandb_project", "wandb_run_name", "wandb_group", "wandb_tags", "finetune_other_dataset",
+                   "resume_changes", "max_iters", "max_nonfinite_steps", "device", "compile", "attn_impl"}
     # I/O
     out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>-s<seed>
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations

@@ -148,8 +148,61 @@ def typed(cfg, key, value, source):
 
 
 def listed(text, study, key, default):
-    """A study axis: the comma-separated command-line value, else the config file's study setting, else default."""
-    return text.split(",") if text else list(study.get(key, default))
+    """A study axis: the comma-separated command-line value (STUDY_SETTINGS[key]), else the config file's study
+    setting (a list), else default. An empty value (`--seeds ''`, `a,,b`) is refused, not read as the default."""
+    if text is not None:
+        values, source = text.split(","), f"{STUDY_SETTINGS[key]} {text!r}"
+    elif key in study:
+        values, source = study[key], f"{key} = {study[key]!r} in the config file"
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, e.g. {key} = {[values]!r}")
+    else:
+        return list(default)
+    if not values or any(isinstance(v, str) and not v.strip() for v in values):
+        raise ConfigError(f"{source}: an empty value; list the values separated by commas, e.g. "
+                          f"{STUDY_SETTINGS[key]} {','.join(map(str, default)) or 'a,b'}")
+    return list(values)
+
+
+def study_seeds(args, study):
+    """The seeds: distinct integers in train.py's range. `--seeds 0,0` (or 0,00,-0) would count one run as several
+    seeds: a std of 0 and every difference 'beyond noise'."""
+    raw = listed(args.seeds, study, "study_seeds", [0, 1, 2])
+    source = f"--seeds {args.seeds}" if args.seeds is not None else f"study_seeds = {study['study_seeds']!r}"
+    try:
+        seeds = [s if type(s) is int else int(s) if isinstance(s, str) else None for s in raw]
+    except ValueError:
+        seeds = [None]
+    if None in seeds:
+        raise ConfigError(f"{source}: give comma-separated integers, e.g. --seeds 0,1,2")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{source}: seed {', '.join(map(str, twice))} is listed more than once; the runs of one "
+                          f"seed are one run, so give each seed once, e.g. --seeds 0,1,2")
+    for seed in seeds:
+        if not 0 <= seed < 2**63 - 2**16:
+            raise ConfigError(f"{source}: seed {seed} is out of range: seeds are in [0, 2**63 - 2**16)")
+    return seeds
+
+
+def sweep_grid(args, study):
+    """{setting: [values]} from --sweep key=a,b (each key once) or the config file's study_sweep, and its source."""
+    if not args.sweep:
+        sweep = study.get("study_sweep", {})
+        if not isinstance(sweep, dict) or not all(isinstance(v, (list, tuple)) and v for v in sweep.values()):
+            raise ConfigError(f"study_sweep = {sweep!r} in {args.config}: write a dict of lists, e.g. study_sweep = "
+                              "{'learning_rate': [1e-3, 2e-3]}")
+        return dict(sweep), args.config
+    sweep = {}
+    for text in args.sweep:
+        key, sep, values = text.partition("=")
+        if not sep or not values or any(not v.strip() for v in values.split(",")):
+            raise ConfigError(f"--sweep {text}: write --sweep key=a,b,c (no empty values)")
+        if key in sweep:
+            raise ConfigError(f"--sweep {key} is given twice: list all its values in one, e.g. --sweep "
+                              f"{key}={','.join(sweep[key] + values.split(','))}")
+        sweep[key] = values.split(",")
+    return sweep, "the command line"
 
 
 def study_axes(args, study, cfg, overrides):
@@ -171,19 +224,8 @@ def study_axes(args, study, cfg, overrides):
         raise ConfigError("optimizer is both set (--optimizer=...) and studied (--optimizers or study_optimizers): "
                           "give one of them, e.g. --optimizers muon")
     optimizers = list(dict.fromkeys(listed(args.optimizers, study, "study_optimizers", [cfg.optimizer])))
-    try:
-        seeds = [int(s) for s in listed(args.seeds, study, "study_seeds", [0, 1, 2])]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds}: give comma-separated integers, e.g. --seeds 0,1,2") from None
-    if args.sweep:
-        sweep, source = {}, "the command line"
-        for text in args.sweep:
-            key, sep, values = text.partition("=")
-            if not sep or not values:
-                raise ConfigError(f"--sweep {text}: write --sweep key=a,b,c")
-            sweep[key] = values.split(",")
-    else:
-        sweep, source = study.get("study_sweep", {}), args.config
+    seeds = study_seeds(args, study)
+    sweep, source = sweep_grid(args, study)
     for key, values in sweep.items():
         if key in STUDY_KEYS:
             raise ConfigError(f"--sweep {key}: {key} is set by the study (--norms, --seeds, --name)")
