@@ -32,7 +32,8 @@ import runtime
 from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, lock_out_dir, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig
-from prepare_data import DataError, load_prepared, rebuild_command, tokenizer_identity
+from prepare_data import (DataError, bos_starts, load_prepared, rebuild_command, tokenizer_identity,
+                          window_start)
 from provenance import describe_difference
 
 
@@ -49,6 +50,7 @@ def default_dtype():
 
 
 OPTIMIZERS = ("adamw", "muon")  # the optimizer setting's values (configure_optimizers in model.py)
+WINDOW_STARTS = ("auto", "random", "bos")  # the window_start setting's values (load_dataset)
 
 
 @dataclass
@@ -83,8 +85,8 @@ class TrainConfig(GPTConfig):
     dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
     gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
     batch_size: int = 12  # sequences per micro-step and rank
-    finetune_other_dataset: bool = False  # resume a checkpoint trained on other data (another dataset, or this one
-    # prepared again with other settings) with the same tokenizer
+    finetune_other_dataset: bool = False  # resume on other data (another dataset, or it rebuilt), same tokenizer
+    window_start: str = "auto"  # where windows start: random, bos (at a BOS token), auto (bos if the data has one)
     resume_changes: str = ""  # comma-separated settings a resume may change, e.g. learning_rate after a divergence
     # optimizer
     optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for everything else
@@ -107,8 +109,9 @@ class TrainConfig(GPTConfig):
     dtype: str = dataclasses.field(default_factory=default_dtype)  # float32, bfloat16, float16
     compile: bool = True  # torch.compile the model
 
-    def validate(self, world_size=1):
-        """Every check that needs no data, with the number of processes the run will use."""
+    def validate(self, world_size=1, device_here=True):
+        """Every check that needs no data, with the number of processes the run will use. device_here=False: the
+        run starts on another machine (a Slurm job), so whether this one has the device is not checked."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if type(value) is float and not math.isfinite(value):
@@ -145,15 +148,15 @@ class TrainConfig(GPTConfig):
                 raise ConfigError(f"resume_changes={self.resume_changes!r}: {key!r} is not a setting a resume "
                                   f"changes ({why}): list only training settings, e.g. resume_changes=learning_rate")
         choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES),
-                   "optimizer": OPTIMIZERS}
+                   "optimizer": OPTIMIZERS, "window_start": WINDOW_STARTS}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device={self.device!r}: use cpu, cuda, cuda:N or mps")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if device_here and self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA GPU is visible: use --device=cpu")
-        if self.device == "mps" and not torch.backends.mps.is_available():
+        if device_here and self.device == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("device=mps but this torch has no MPS (Apple GPU) backend: use --device=cpu")
         if self.gradient_accumulation_steps % world_size:
             raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "
@@ -241,6 +244,11 @@ def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
         raise ConfigError(f"{ckpt_path} was trained with another tokenizer (dataset "
                           f"{ckpt['config'].get('dataset')!r}) than dataset {cfg.dataset!r} has: its token ids mean "
                           f"other things here. Use another out_dir")
+    saved_start = window_start(ckpt["config"].get("window_start"), saved_meta)
+    start = window_start(cfg.window_start, meta)
+    if saved_start != start and not cfg.finetune_other_dataset:
+        raise ConfigError(f"{ckpt_path} was trained with windows that start at {saved_start!r} positions, not "
+                          f"{start!r}: resume with --window_start={saved_start}, or use another out_dir")
     if ckpt["config"].get("dataset") != cfg.dataset and not cfg.finetune_other_dataset:
         raise ConfigError(f"{ckpt_path} was trained on dataset {ckpt['config'].get('dataset')!r}, not "
                           f"{cfg.dataset!r}: use another out_dir, or --finetune_other_dataset=True to go on "
@@ -327,11 +335,32 @@ def save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx):
 # ---- data, evaluation, learning rate ----
 
 def load_dataset(cfg):
-    """data/<dataset>, checked once, up front, so a bad dataset fails before any compute is spent."""
+    """data/<dataset>, checked once, up front, so a bad dataset fails before any compute is spent. Resolves
+    window_start=auto (bos where meta.json names a bos_id) and refuses what the data cannot give."""
     try:
-        return load_prepared(Path("data") / cfg.dataset, cfg.block_size)
+        data, meta = load_prepared(Path("data") / cfg.dataset, cfg.block_size)
     except DataError as e:
         raise ConfigError(str(e)) from None
+    if cfg.window_start == "bos" and "bos_id" not in meta:
+        raise ConfigError(f"window_start=bos, but dataset {cfg.dataset!r} has no BOS token: prepare one with "
+                          f"python prepare_data.py {cfg.dataset} --bos (and --dataset={cfg.dataset}_bos), or use "
+                          f"window_start=random")
+    if window_start(cfg.window_start, meta) == "random" and meta.get("bos_required"):
+        raise ConfigError(f"dataset {cfg.dataset!r} is made of sequences that each start with BOS: its windows "
+                          f"must start there too (window_start=bos or auto), not at random")
+    return data, meta
+
+
+def window_starts(data, meta, cfg):
+    """{split: positions a window may start at} for window_start=bos, or None (random crops)."""
+    if window_start(cfg.window_start, meta) != "bos":
+        return None
+    starts = {split: bos_starts(tokens, meta["bos_id"], cfg.block_size) for split, tokens in data.items()}
+    for split, positions in starts.items():
+        if len(positions) == 0:
+            raise ConfigError(f"the {split} split of {cfg.dataset!r} has no BOS with block_size={cfg.block_size} + 1 "
+                              f"tokens after it: lower block_size")
+    return starts
 
 
 def get_batch(data, offsets, cfg, device):
@@ -342,12 +371,15 @@ def get_batch(data, offsets, cfg, device):
     return x.to(device), y.to(device)
 
 
-def sample_offsets(data, n, generator, block_size):
-    return torch.randint(len(data) - block_size, (n,), generator=generator).tolist()
+def sample_offsets(data, n, generator, block_size, starts=None):
+    """n window starts: any position (random crops), or one of starts (e.g. the BOS positions)."""
+    if starts is None:
+        return torch.randint(len(data) - block_size, (n,), generator=generator).tolist()
+    return starts[torch.randint(len(starts), (n,), generator=generator).numpy()].tolist()
 
 
 @torch.no_grad()
-def estimate_loss(model, data, cfg, autocast, dist_ctx):
+def estimate_loss(model, data, starts, cfg, autocast, dist_ctx):
     """Mean loss over eval_iters batches per split, the same batches at every eval and for any number of
     processes: one generator draws them all, and rank r evaluates batches r, r + world_size, ..."""
     model.eval()
@@ -356,7 +388,7 @@ def estimate_loss(model, data, cfg, autocast, dist_ctx):
         rng = torch.Generator().manual_seed(cfg.seed + 1)
         losses = torch.zeros(cfg.eval_iters, device=dist_ctx.device)
         for k in range(cfg.eval_iters):
-            offsets = sample_offsets(data[split], cfg.batch_size, rng, cfg.block_size)
+            offsets = sample_offsets(data[split], cfg.batch_size, rng, cfg.block_size, starts and starts[split])
             if k % dist_ctx.world_size == dist_ctx.rank:
                 with autocast:
                     losses[k] = model(*get_batch(data[split], offsets, cfg, dist_ctx.device))[1]
@@ -381,12 +413,13 @@ def get_lr(it, cfg):
 
 # ---- one training step ----
 
-def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx):
+def train_step(model, raw_model, optimizer, scaler, data, starts, state, cfg, autocast, dist_ctx):
     """Forward/backward over the global batch (this rank's share), clip, step. Returns (mean loss, grad norm)
     as tensors, and whether the step was applied (False: a NaN/Inf loss or gradient, skipped)."""
     world_size, rank = dist_ctx.world_size, dist_ctx.rank
     micro_steps = cfg.gradient_accumulation_steps // world_size
-    offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size)
+    offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size,
+                             starts)
     loss_sum = torch.zeros((), device=dist_ctx.device)
     for micro_step in range(micro_steps):
         # This rank's share of the global batch: micro-batches rank, rank + world_size, ...
@@ -545,10 +578,10 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
     if dist_ctx.ddp:
         model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
     autocast = runtime.autocast(device_type, cfg.dtype)
-    probe = None
+    probe, starts = None, window_starts(data, meta, cfg)
     if cfg.log_stats:
         from analysis.stats import model_stats, probe_batch
-        probe = probe_batch(data["val"], cfg.block_size).to(dist_ctx.device)
+        probe = probe_batch(data["val"], cfg.block_size, starts and starts["val"]).to(dist_ctx.device)
     hellaswag = None
     if cfg.hellaswag_interval:
         from analysis import hellaswag as hs
@@ -565,11 +598,11 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
-            losses = estimate_loss(model, data, cfg, autocast, dist_ctx)
+            losses = estimate_loss(model, data, starts, cfg, autocast, dist_ctx)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
             if probe is not None and dist_ctx.master:
                 t_stats = time.time()
-                event.update(model_stats(raw_model, probe))
+                event.update(model_stats(raw_model, probe, triggers=meta.get("triggers")))
                 event["stats_s"] = time.time() - t_stats
             if hellaswag and (state.iter_num % cfg.hellaswag_interval == 0 or state.iter_num == cfg.max_iters):
                 with autocast:
@@ -584,8 +617,8 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         if state.iter_num >= cfg.max_iters or cfg.eval_only:
             return
 
-        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
-                                              autocast, dist_ctx)
+        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"],
+                                              starts and starts["train"], state, cfg, autocast, dist_ctx)
         state.iter_num += 1
         if not applied:
             state.nonfinite_in_a_row += 1

@@ -41,37 +41,70 @@ def windows(n_tokens, block_size, stride=None):
     return ends - T, np.diff(ends, prepend=0), T
 
 
+def bos_windows(starts, n_tokens, block_size):
+    """(begins, first, last, T) for windows that start at starts (every BOS, say: prepare_data.bos_starts, whose
+    windows fit): window i reads tokens[starts[i] : starts[i] + T + 1] and scores its predictions first[i] (0) to
+    last[i] - 1, those of its own document: up to the next start, at most T. What a document holds beyond T
+    tokens is not scored: a model trained on windows that start at BOS never saw it."""
+    starts = np.asarray(starts, dtype=np.int64)
+    gaps = np.diff(starts, append=n_tokens - 1)
+    return starts, np.zeros_like(starts), np.minimum(gaps, block_size), block_size
+
+
 @torch.no_grad()
-def evaluate_perplexity(model, tokens, block_size, batch_size, device, stride=None, progress=True):
-    """Mean NLL (nats/token) and perplexity of model over tokens[1:], each predicted from its window.
+def evaluate_perplexity(model, tokens, block_size, batch_size, device, stride=None, progress=True, starts=None,
+                        triggers=None):
+    """Mean NLL (nats/token) and perplexity of model over tokens[1:], each predicted from its window; with starts
+    (window_start=bos runs), over the documents' tokens that windows starting at starts score (bos_windows).
 
     model(x, targets) must return (logits, mean loss over the targets that are not -1), as GPT does; any
     wrapper of it (a fake-quantized model, say) works. tokens is a 1-D integer array (a np.memmap is fine: a
     batch is read at a time). Under torch.distributed the windows are split over the ranks and the sums
-    all-reduced, so every rank returns the total. Returns {"loss", "ppl", "tokens", "nll_sum"}.
+    all-reduced, so every rank returns the total. Returns {"loss", "ppl", "tokens", "nll_sum"}, and with the
+    triggers of a Bigram-Backcopy dataset, copy_acc (the fraction of predictions after a trigger whose most likely
+    token is the one the task copies, the token before the trigger), copy_loss and bigram_loss (the mean NLL of
+    the predictions after a trigger, and of the others).
     """
-    begins, n_new, T = windows(len(tokens), block_size, stride)
+    if starts is None:
+        begins, n_new, T = windows(len(tokens), block_size, stride)
+        first, last = T - n_new, np.full_like(n_new, T)  # the rest was scored by an earlier window
+    else:
+        begins, first, last, T = bos_windows(starts, len(tokens), block_size)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    begins, n_new = begins[rank::world], n_new[rank::world]
+    begins, first, last = begins[rank::world], first[rank::world], last[rank::world]
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL sum, tokens scored
-    offsets = np.arange(T + 1)
-    bar = tqdm(total=int(n_new.sum()), unit="tok", unit_scale=True, disable=not progress or rank != 0)
+    # NLL sum, tokens scored; with triggers: copies right, copy NLL sum, copies scored
+    sums = torch.zeros(2 if triggers is None else 5, dtype=torch.float64, device=device)
+    offsets, positions = np.arange(T + 1), torch.arange(T, device=device)
+    bar = tqdm(total=int((last - first).sum()), unit="tok", unit_scale=True, disable=not progress or rank != 0)
     for i in range(0, len(begins), batch_size):
         chunk = torch.from_numpy(tokens[begins[i:i + batch_size, None] + offsets].astype(np.int64)).to(device)
         x, y = chunk[:, :-1], chunk[:, 1:].clone()
-        new = torch.from_numpy(n_new[i:i + batch_size]).to(device)
-        y[torch.arange(T, device=device) < T - new[:, None]] = -1  # already scored by an earlier window
+        lo, hi = (torch.from_numpy(a[i:i + batch_size]).to(device)[:, None] for a in (first, last))
+        y[(positions < lo) | (positions >= hi)] = -1
         count = (y != -1).sum()
-        sums += torch.stack([model(x, y)[1].double() * count, count.double()])
-        bar.update(int(n_new[i:i + batch_size].sum()))
+        logits, loss = model(x, y)
+        batch_sums = [loss.double() * count, count.double()]
+        if triggers is not None:
+            copy = torch.isin(x, torch.as_tensor(triggers, device=device)) & (y != -1) & (positions >= 1)
+            nll = torch.nn.functional.cross_entropy(logits[copy].double(), y[copy], reduction="sum")
+            right = (logits.argmax(-1) == x.roll(1, dims=1))[copy].sum()
+            batch_sums += [right.double(), nll, copy.sum().double()]
+        sums += torch.stack(batch_sums)
+        bar.update(int((last - first)[i:i + batch_size].sum()))
     bar.close()
     model.train(was_training)
     if world > 1:
         dist.all_reduce(sums)
-    nll_sum, count = sums.tolist()
-    return {"loss": nll_sum / count, "ppl": math.exp(nll_sum / count), "tokens": int(count), "nll_sum": nll_sum}
+    nll_sum, count, *copies = sums.tolist()
+    loss = nll_sum / count  # exp overflows past 709: a diverged model's PPL is inf, not an OverflowError
+    out = {"loss": loss, "ppl": math.exp(loss) if loss < 709 else math.inf, "tokens": int(count), "nll_sum": nll_sum}
+    if copies:
+        right, copy_nll, n_copies = copies
+        out |= {"copy_acc": right / n_copies, "copy_loss": copy_nll / n_copies,
+                "bigram_loss": (nll_sum - copy_nll) / (count - n_copies)}
+    return out
 
 
 @torch.no_grad()
@@ -121,6 +154,15 @@ def bits_per_char(nll_sum, tokens, meta):
     else:
         return None
     return nll_sum / math.log(2) / n_chars
+
+
+def scored_tokens(tokens, starts, block_size):
+    """tokens, or for windows at starts, one token (whose prediction is not scored) followed by the tokens they score
+    (bos_windows): what bits_per_char counts the characters of."""
+    if starts is None:
+        return tokens
+    begins, _, last, _ = bos_windows(starts, len(tokens), block_size)
+    return np.concatenate([tokens[:1]] + [tokens[b + 1:b + 1 + n] for b, n in zip(begins, last)])
 
 
 def read_eval_json(path):
@@ -204,6 +246,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from checkpoint import CheckpointError
+    from prepare_data import bos_starts, window_start
     from runtime import setup_distributed
     try:
         # the device is checked before torchrun's process group is set up on it
@@ -212,18 +255,29 @@ def main(argv=None):
         if args.stride is not None and not 1 <= args.stride <= block_size:
             raise ValueError(f"--stride={args.stride} is out of range: it must be in [1, {block_size}] (1 to the "
                              f"checkpoint's block_size); leave it out to slide by block_size")
+        tokens = data[args.split]
+        starts = None
+        if window_start(ckpt["config"].get("window_start"), meta) == "bos":  # scored as trained: windows at BOS
+            if args.stride is not None:
+                raise ValueError("--stride slides windows off the BOS this run's windows start at: leave it out")
+            starts = bos_starts(tokens, meta["bos_id"], block_size)
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     # Under torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows.
     dist_ctx = setup_distributed(args.device)
     model = model.to(dist_ctx.device)
-    tokens = data[args.split]
     result = evaluate_perplexity(model, tokens, block_size, args.batch_size or ckpt["config"]["batch_size"],
-                                 dist_ctx.device, args.stride)
+                                 dist_ctx.device, args.stride, starts=starts, triggers=meta.get("triggers"))
     if dist_ctx.master:
-        stride = args.stride or block_size
-        details = {"tokens": result["tokens"], "bpc": bits_per_char(result["nll_sum"], tokens, meta),
-                   "split": args.split, "stride": stride, "block_size": block_size, "iter": ckpt["iter_num"]}
+        details = {"tokens": result["tokens"],
+                   "bpc": bits_per_char(result["nll_sum"], scored_tokens(tokens, starts, block_size), meta),
+                   "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
+                   "iter": ckpt["iter_num"]}
+        details |= {key: result[key] for key in ("copy_acc", "copy_loss", "bigram_loss") if key in result}
+        if "bayes_loss_by_position" in meta:  # the task's floor over the same predictions
+            by_position = np.cumsum([0.0] + meta["bayes_loss_by_position"])
+            last = bos_windows(starts, len(tokens), block_size)[2]
+            details["bayes_loss"] = float(by_position[last].sum() / last.sum())
         # The flat keys without a split in their name describe val_ppl (what reports read); the train split's
         # details are kept under produced_by only.
         values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],

@@ -253,6 +253,7 @@ def summary(run):
     ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
               if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
     row["act_ratio_max"] = max(ratios, default=math.nan)
+    row.update({key: v for key, v in last.items() if key.startswith("hellaswag_")})  # hellaswag_interval's
     return row
 
 

@@ -66,20 +66,22 @@ def evaluate_run(run_dir, device, max_tokens, calib_batches):
     from analysis.perplexity import update_json
     from analysis.stats import model_stats, probe_batch
     from checkpoint import load_model
-    from prepare_data import load_meta
+    from prepare_data import bos_starts, load_meta, window_start
 
     run_dir = Path(run_dir)
     iters = checkpoint_iter(run_dir)
     steps = pending_steps(run_dir, iters, read_metrics(run_dir)["config"].get("wandb_log", False))
     if "perplexity" in steps:
         perplexity.main([str(run_dir), "--device", device])
-    if "stats" in steps:  # on the probe train.py uses: the first 8 block_size windows of val
+    if "stats" in steps:  # on the probe train.py uses: the first block_size windows of val (at BOS, if it does)
         model, ckpt = load_model(run_dir, device)
         meta = load_meta(Path("data") / ckpt["config"]["dataset"])
         T = ckpt["model_args"]["block_size"]
         val = np.memmap(Path("data") / ckpt["config"]["dataset"] / "val.bin", dtype=meta["dtype"], mode="r")
-        probe = probe_batch(val, T).to(device)
-        update_json(run_dir / "eval.json", {"stats": model_stats(model, probe)})
+        bos = window_start(ckpt["config"].get("window_start"), meta) == "bos"
+        starts = bos_starts(val, meta["bos_id"], T) if bos else None
+        probe = probe_batch(val, T, starts).to(device)
+        update_json(run_dir / "eval.json", {"stats": model_stats(model, probe, triggers=meta.get("triggers"))})
         print(f"model_stats of {run_dir} written to eval.json")
     if "quantize" in steps:
         quantize.main([str(run_dir), "--device", device, "--max_tokens", str(max_tokens),
