@@ -1,7 +1,7 @@
 """
 Checkpoints that survive kills and never run code on load.
 
-One process trains in an out_dir at a time (lock_out_dir). Saving writes a temp file, fsyncs it and renames it over out_dir/ckpt.pt, so a process killed at any moment
+One process trains in an out_dir at a time (lock_dir). Saving writes a temp file, fsyncs it and renames it over out_dir/ckpt.pt, so a process killed at any moment
 leaves either the old or the new checkpoint, never a torn one. With keep_last > 1 the previous ones are kept
 as ckpt-<iter>.pt. A save that runs out of disk space removes its temp file, leaves the previous checkpoint as it
 was and says how much space it needed. Loading always uses torch.load(weights_only=True): a checkpoint is plain
@@ -90,18 +90,19 @@ def _is_disk_full(err, out_dir, tmp, needed):
 
 
 @contextlib.contextmanager
-def lock_out_dir(out_dir):
-    """Hold out_dir/.lock (an flock, which the kernel drops when the process dies, however it dies) for the block:
-    a second process asking for it gets a CheckpointError naming the process that holds it."""
-    path = Path(out_dir) / ".lock"
+def lock_dir(directory, busy="another training (pid {pid}) is using out_dir {directory}: wait for it to end, or "
+                             "give this run another --out_dir"):
+    """Hold directory/.lock (an flock, which the kernel drops when the process dies, however it dies) for the block:
+    a second process asking for it gets a CheckpointError, busy with the pid that holds it (one training per
+    out_dir, one study per study directory)."""
+    path = Path(directory) / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CheckpointError(f"another training (pid {holder}) is using out_dir {out_dir}: wait for it to end, "
-                                  f"or give this run another --out_dir") from None
+            raise CheckpointError(busy.format(pid=holder, directory=directory)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -254,10 +255,11 @@ def _checkpoint_path(path):
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint safely; every failure is a CheckpointError that says what to do."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load a checkpoint safely; every failure is a CheckpointError that says what to do. mmap: the tensors are
+    memory-mapped, not read (cheap, for the settings alone)."""
     path = _checkpoint_path(path)
-    ckpt = _torch_load(path, map_location=map_location)
+    ckpt = _torch_load(path, map_location=map_location, mmap=mmap)
     missing = {"model", "model_args", "config", "iter_num"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
     if missing:
         raise CheckpointError(f"{path} is not an attnorm checkpoint (missing {sorted(missing)})")

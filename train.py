@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import normalizers
 import runtime
-from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, lock_out_dir, save_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, lock_dir, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig
 from prepare_data import (DataError, bos_starts, load_prepared, rebuild_command, tokenizer_identity,
@@ -535,7 +535,7 @@ def main(argv):
         check_out_dir(out_dir)
     # One training per out_dir: a second one would resume the same checkpoint and the two would overwrite each
     # other's saves. Held by rank 0 until the run ends (or its process dies).
-    with lock_out_dir(out_dir) if dist_ctx.master else nullcontext():
+    with lock_dir(out_dir) if dist_ctx.master else nullcontext():
         run(cfg, data, meta, out_dir, dist_ctx)
     dist_ctx.close()
 

@@ -194,7 +194,7 @@ def pending_jobs(runs, configs, study_dir):
     for run in runs:
         cfg, run_dir = configs[run], study_dir / "runs" / run.label
         run_dir.mkdir(parents=True, exist_ok=True)
-        steps = pending_steps(run_dir, cfg.max_iters, cfg.wandb_log)
+        steps = pending_steps(run_dir, cfg.max_iters, cfg.wandb_log, {a: getattr(args, a) for a in QUANT_ARGS})
         if not steps:
             print(f"skip {run.label}: finished ({run_dir})")
             continue

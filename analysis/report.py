@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 
 from analysis import POINTS, read_metrics
-from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, scale
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, mean_std_cell, scale
 
 # What each statistic is, for titles and the report's legend (analysis/stats.py has the formulas).
 DESCRIPTIONS = {
@@ -241,18 +241,20 @@ def summary(run):
     """The numbers of a run's table row: final loss and mean / max over layers (and points) of each group."""
     last = run["eval"][-1] if run["eval"] else {}
     exact = run["eval_json"].get("val_loss")
-    row = {"iter": last.get("iter"), "val_loss": exact if exact is not None else last.get("val_loss", math.nan),
+    # None: not evaluated (shown '–'); a NaN loss stays NaN (a diverged run, shown 'NaN')
+    row = {"iter": last.get("iter"), "val_loss": exact if exact is not None else last.get("val_loss"),
            "val_exact": exact is not None, "bpc": run["eval_json"].get("bpc"), "stats_s": last.get("stats_s")}
     # exp overflows past 709: a diverged run's PPL is inf, not an OverflowError
-    row["val_ppl"] = math.inf if row["val_loss"] > 709 else math.exp(row["val_loss"])
+    loss = row["val_loss"]
+    row["val_ppl"] = None if loss is None else math.inf if loss > 709 else math.exp(loss)
     for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet"):
         values = [v for key, v in last.items() if key.startswith(group + "/")]
-        row[f"{group}_mean"] = statistics.fmean(values) if values else math.nan
-        row[f"{group}_max"] = max(values, default=math.nan)
+        row[f"{group}_mean"] = statistics.fmean(values) if values else None
+        row[f"{group}_max"] = max(values, default=None)
     # outliers against the typical size, as in the massive-activations papers: max |x| / median |x| per point
     ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
               if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
-    row["act_ratio_max"] = max(ratios, default=math.nan)
+    row["act_ratio_max"] = max(ratios, default=None)
     row.update({key: v for key, v in last.items() if key.startswith("hellaswag_")})  # hellaswag_interval's
     return row
 
@@ -296,11 +298,7 @@ def seeds_table(runs):
     lines = ["| variant | runs | " + " | ".join(h for h, _ in keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for variant, rows in by_variant.items():
         cells = [variant, str(len(rows))]
-        for _, key in keys:
-            values = [row[key] for row in rows]
-            mean = statistics.fmean(values)  # by hand below: statistics.stdev fails on NaN (a run without stats)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-            cells.append(f"{fmt(mean)} ± {fmt(std, 2)}")
+        cells += [mean_std_cell([row[key] for row in rows]) for _, key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

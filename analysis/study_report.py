@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 
 from analysis import quantize, report
-from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, scale
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, mean_std_cell, scale
 from analysis.run_steps import has_stats
 from analysis.significance import ALPHA, comparisons, holm, welch
 from normalizers.gates import GATES
@@ -59,7 +59,8 @@ def rows_by_variant(run_dirs):
 
 
 def values(rows, key):
-    return np.array([row.get(key, math.nan) for _, row in rows], dtype=float)
+    """The runs' values of key as floats (a run without it: NaN, which the figures and tests leave out)."""
+    return np.array([math.nan if row.get(key) is None else row[key] for _, row in rows], dtype=float)
 
 
 def mean_std(x):
@@ -80,9 +81,7 @@ def table(by_variant, metrics):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, rows in by_variant.items():
         cells = [variant.name, str(len(rows))]
-        for _, key in metrics:
-            m, s = mean_std(values(rows, key))
-            cells.append(f"{fmt(m, 4)} ± {fmt(s, 2)}")
+        cells += [mean_std_cell([row.get(key) for _, row in rows], 4) for _, key in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

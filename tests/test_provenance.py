@@ -16,7 +16,7 @@ import torch
 import prepare_data
 import train
 from analysis import perplexity, quantize
-from checkpoint import CheckpointError, load_checkpoint, lock_out_dir
+from checkpoint import CheckpointError, load_checkpoint, lock_dir
 from configurator import ConfigError
 from helpers import REPO, TINY, read_metrics, run_train, subprocess_env, workdir
 from prepare_data import DataError, load_prepared
@@ -207,7 +207,7 @@ def test_resume_on_data_prepared_again_is_refused(tmp_path, char_data_root):
 def test_two_trainings_in_one_out_dir(tmp_path, trained):
     out = tmp_path / "out"
     out.mkdir()
-    with lock_out_dir(out):  # as a training in another process holds it
+    with lock_dir(out):  # as a training in another process holds it
         with pytest.raises(CheckpointError, match=rf"another training \(pid {os.getpid()}\) is using out_dir {out}: "
                                                   r"wait for it to end, or give this run another --out_dir"):
             run_train(trained, [*RUN, *SMALL, f"--out_dir={out}"])
@@ -218,7 +218,7 @@ def test_two_trainings_in_one_out_dir_cli(tmp_path, trained):
     """A real second process while the first holds the lock."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, checkpoint\nwith checkpoint.lock_out_dir("
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, checkpoint\nwith checkpoint.lock_dir("
                                "sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(out)],
                               cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -524,12 +524,118 @@ def test_run_training_sh_environment(case):
     one_error_line(r, message, status=2)
 
 
+# ---- the study: what it combines is what it says ---------------------------------------------------------------
+
+
+def study_axes(settings=None, **kw):
+    import argparse
+    from analysis import study
+    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "seeds": None, "sweep": None,
+                                 "config": "cfg.py", **kw})
+    return study.study_axes(args, settings or {}, train.TrainConfig(), [])
+
+
+STUDY_AXES = [  # case 1 and the config types: each used to count one run as several, mean a default, or raise
+    ("study-seeds-twice", dict(seeds="0,0"), "--seeds 0,0: seed 0 is listed more than once"),
+    ("study-seeds-same-number", dict(seeds="0,00,-0"), "--seeds 0,00,-0: seed 0 is listed more than once"),
+    ("study-seeds-empty", dict(seeds=""), "--seeds '': an empty value"),
+    ("study-seeds-negative", dict(seeds="-1,2"), "--seeds -1,2: seed -1 is out of range"),
+    ("study_seeds-an-int", dict(settings={"study_seeds": 3}), "study_seeds = 3 in the config file: study_seeds must "
+                                                              "be a list, e.g. study_seeds = [3]"),
+    ("study_norms-a-string", dict(settings={"study_norms": "softmax"}), "study_norms = 'softmax' in the config file: "
+                                                                        "study_norms must be a list"),
+    ("study_sweep-a-value", dict(settings={"study_sweep": {"learning_rate": 1e-3}}), "study_sweep = {'learning_rate': "
+                                                                                     "0.001} in cfg.py: write a dict "
+                                                                                     "of lists"),
+    ("study-norms-empty-value", dict(norms="softmax,,symax"), "--norms 'softmax,,symax': an empty value"),
+    ("sweep-empty-value", dict(sweep=["learning_rate=1e-3,,2e-3"]), "--sweep learning_rate=1e-3,,2e-3: write --sweep "
+                                                                    "key=a,b,c (no empty values)"),
+    ("sweep-key-twice", dict(sweep=["learning_rate=1e-3", "learning_rate=2e-3"]), "--sweep learning_rate is given "
+                                                                                   "twice: list all its values in "
+                                                                                   "one, e.g. --sweep "
+                                                                                   "learning_rate=1e-3,2e-3"),
+]
+
+
+@pytest.mark.parametrize("case", STUDY_AXES, ids=[c[0] for c in STUDY_AXES])
+def test_study_axes_refuse_what_would_mislead(case):
+    _, kw, message = case
+    with pytest.raises(ConfigError) as e:
+        study_axes(**kw)
+    assert message in str(e.value)
+
+
+def test_study_refuses_runs_trained_on_data_prepared_again(tmp_path, trained):
+    """Case 2: a re-run after the data was rebuilt skipped the finished runs (scored on the old data) and trained
+    the rest on the new, then averaged them."""
+    from analysis import study
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "out", run_dir)
+    ckpt = load_checkpoint(run_dir)
+    cfg = train.TrainConfig(**{k: v for k, v in ckpt["config"].items() if k != "vocab_size"})
+    assert study.changed_settings(run_dir, cfg, ckpt["meta"]["fingerprint"]) == {}
+    changed = study.changed_settings(run_dir, cfg, "0123456789abcdef")
+    assert changed == {"data/small (prepared again since; its fingerprint)": (ckpt["meta"]["fingerprint"],
+                                                                             "0123456789abcdef")}
+    message = study.stale_message({study.Run(study.Variant("softmax", "none", "adamw", "softmax"), 0): changed}, tmp_path)
+    assert "prepared again since" in message and "--rerun" in message
+
+
+def test_study_redoes_evaluations_of_other_settings_or_another_checkpoint(tmp_path, trained):
+    """Case 3: a re-run with another --max_tokens kept the old quantization results next to the new ones. An
+    evaluation is done only where produced_by names this checkpoint and the settings asked for."""
+    from analysis.run_steps import pending_steps
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "out", run_dir)
+    data = ["--data_dir", str(trained / "data" / "small"), "--device", "cpu"]
+    perplexity.main([str(run_dir), *data])
+    quantize.main([str(run_dir), *data, "--max_tokens", "300", "--calib_batches", "1"])
+    asked = {"max_tokens": 300, "calib_batches": 1}
+    assert pending_steps(run_dir, 2, False, asked) == ["stats"]  # trained with log_stats=False
+    assert pending_steps(run_dir, 2, False, {**asked, "max_tokens": 500}) == ["stats", "quantize"]
+    # another run's checkpoint at the same iteration (a learning_rate apart) in its place: everything again
+    other = tmp_path / "other"
+    run_train(trained, [*RUN, *SMALL, f"--out_dir={other}", "--learning_rate=0.002"])
+    shutil.copy(other / "ckpt.pt", run_dir / "ckpt.pt")
+    assert pending_steps(run_dir, 2, False, asked) == ["perplexity", "stats", "quantize"]
+
+
+def test_two_studies_with_the_same_name(tmp_path):
+    """They trained each run twice at once."""
+    study_dir = tmp_path / "studies" / "study_cpu"
+    study_dir.mkdir(parents=True)
+    with lock_dir(study_dir):
+        r = run(["-m", "analysis.study", "config/study_cpu.py", "--study_root", tmp_path / "studies", "--norms",
+                 "softmax", "--seeds", "0"])
+    one_error_line(r, f"another study (pid {os.getpid()}) is running in {study_dir}: wait for it to end, or give "
+                      "this one another --name")
+
+
+def test_study_calib_batches_0_is_refused_before_training(tmp_path):
+    r = run(["-m", "analysis.study", "config/study_cpu.py", "--study_root", tmp_path, "--calib_batches=0"])
+    one_error_line(r, "--calib_batches=0 and --max_tokens=", " (or study_max_tokens): the quantization needs at "
+                      "least 1 calibration batch")
+    assert not (tmp_path / "study_cpu" / "runs").exists()
+
+
+def test_nan_val_loss_is_not_shown_as_missing():
+    """Case 10: a diverged run's NaN looked like 'not evaluated'."""
+    from analysis import report
+    from analysis.plots import fmt, mean_std_cell
+    assert fmt(None) == "–" and fmt(float("nan")) == "NaN"
+    assert mean_std_cell([1.0, float("nan")]) == "NaN ± NaN" and mean_std_cell([1.0, None]) == "–"
+    assert mean_std_cell([2.0]) == "2 ± –" and mean_std_cell([1.0, 3.0]) == "2 ± 1.4"  # sqrt(2)
+    diverged = {"eval": [{"iter": 10, "val_loss": float("nan")}], "eval_json": {}}
+    never = {"eval": [], "eval_json": {}}
+    assert fmt(report.summary(diverged)["val_loss"]) == "NaN" and fmt(report.summary(never)["val_loss"]) == "–"
+
+
 def test_cases_are_documented():
     doc = (REPO / "docs" / "troubleshooting.md").read_text()
-    ids = [c[0] for c in TRAIN_SETTINGS + CONFIG_FILES + PREPARE_CASES + SCORING_CASES + ENV_CASES] + [
-        name for name in globals() if name.startswith("test_") and name not in (
-            "test_cases_are_documented", "test_train_settings", "test_config_that_exits_is_one_error_line",
-            "test_prepare_bad_input_before_building", "test_scoring_and_sampling_settings",
-            "test_run_training_sh_environment")]
+    cases = TRAIN_SETTINGS + CONFIG_FILES + PREPARE_CASES + SCORING_CASES + ENV_CASES + STUDY_AXES
+    ids = [c[0] for c in cases] + [name for name in globals() if name.startswith("test_") and name not in (
+        "test_cases_are_documented", "test_train_settings", "test_config_that_exits_is_one_error_line",
+        "test_prepare_bad_input_before_building", "test_scoring_and_sampling_settings",
+        "test_run_training_sh_environment", "test_study_axes_refuse_what_would_mislead")]
     missing = [i for i in ids if f"`{i}`" not in doc]
     assert not missing, f"add these to docs/troubleshooting.md: {missing}"
