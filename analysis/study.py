@@ -416,7 +416,7 @@ def main(argv=None):
                                                    "it to end, or give this one another --name"))
         except CheckpointError as e:
             sys.exit(f"error: {e}")
-        run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale)
+        run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale, slurm_settings)
 
 
 def data_fingerprint_now(dataset):
@@ -426,7 +426,7 @@ def data_fingerprint_now(dataset):
     return prepare_data.load_prepared(path)[1]["fingerprint"] if (path / "meta.json").exists() else None
 
 
-def run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale):
+def run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale, slurm_settings):
     """Train and evaluate what is not done yet, then write the report (main() has checked everything)."""
     import prepare_data
     if stale and not args.rerun:
