@@ -14,7 +14,7 @@ from provenance import run_id
 from train import TrainConfig
 
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
-WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
+WANDB_SUMMARY = ["val_ppl", "min_act_bits"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
 
 
 def read_json(path):
@@ -45,7 +45,8 @@ def pending_steps(run_dir, max_iters, wandb_log, quant):
         steps.append("perplexity")
     if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not done("stats", ["stats"]):
         steps.append("stats")
-    if not done("quantize", quantize.EVAL_KEYS, **quant):
+    if (not done("quantize", quantize.EVAL_KEYS, **quant)
+            or ev.get("quant_tolerance") != quantize.TOLERANCE):  # min_act_bits at another tolerance than the study's
         steps.append("quantize")
     if wandb_log and ev.get("wandb_summary_iter") != max_iters:
         steps.append("wandb")
