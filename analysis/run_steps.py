@@ -45,8 +45,7 @@ def pending_steps(run_dir, max_iters, wandb_log, quant):
         steps.append("perplexity")
     if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not done("stats", ["stats"]):
         steps.append("stats")
-    if (not done("quantize", quantize.EVAL_KEYS, **quant)
-            or ev.get("quant_tolerance") != quantize.TOLERANCE):  # min_act_bits at another tolerance than the study's
+    if not done("quantize", quantize.EVAL_KEYS, **quant, tolerance=quantize.TOLERANCE):  # the study's tolerance
         steps.append("quantize")
     if wandb_log and ev.get("wandb_summary_iter") != max_iters:
         steps.append("wandb")
