@@ -45,6 +45,8 @@ SHORT = {"weight_kurtosis": "weight kurtosis", "act_kurtosis_tensor": "kurtosis:
          "act_top10": "10th largest |x|", "act_top100": "100th largest |x|", "act_median": "median |x|",
          "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)"}
 SEED_STYLES = ("-", "--", ":", "-.")
+# The sink statistics of analysis/stats.py a run's summary() gives per layer (mean and max over layers)
+SINKS = ("attn_sink_dormant", "attn_sink_active", "attn_quiet_dormant", "bos_resid_ratio", "bos_value_ratio")
 
 
 def load_runs(run_dirs):
@@ -245,7 +247,7 @@ def summary(run):
            "val_exact": exact is not None, "bpc": run["eval_json"].get("bpc"), "stats_s": last.get("stats_s")}
     # exp overflows past 709: a diverged run's PPL is inf, not an OverflowError
     row["val_ppl"] = math.inf if row["val_loss"] > 709 else math.exp(row["val_loss"])
-    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet"):
+    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet") + SINKS:
         values = [v for key, v in last.items() if key.startswith(group + "/")]
         row[f"{group}_mean"] = statistics.fmean(values) if values else math.nan
         row[f"{group}_max"] = max(values, default=math.nan)
@@ -253,6 +255,11 @@ def summary(run):
     ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
               if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
     row["act_ratio_max"] = max(ratios, default=math.nan)
+    row["sink_rate"] = last.get("sink_rate", math.nan)
+    row["attn_mass_dormant_mean"] = 1 - row["attn_quiet_dormant_mean"]
+    # Bigram-Backcopy: copy accuracy over the whole val split where the perplexity tool scored it, else the probe's
+    row["copy_acc"] = run["eval_json"].get("copy_acc", last.get("copy_acc", math.nan))
+    row["excess_loss"] = row["val_loss"] - run["eval_json"].get("bayes_loss", math.nan)  # over the task's floor
     return row
 
 
