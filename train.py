@@ -98,8 +98,9 @@ class TrainConfig(GPTConfig):
     dtype: str = dataclasses.field(default_factory=default_dtype)  # float32, bfloat16, float16
     compile: bool = True  # torch.compile the model
 
-    def validate(self, world_size=1):
-        """Every check that needs no data, with the number of processes the run will use."""
+    def validate(self, world_size=1, device_here=True):
+        """Every check that needs no data, with the number of processes the run will use. device_here=False: the
+        run starts on another machine (a Slurm job), so whether this one has the device is not checked."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if type(value) is float and not math.isfinite(value):
@@ -131,9 +132,9 @@ class TrainConfig(GPTConfig):
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device={self.device!r}: use cpu, cuda, cuda:N or mps")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if device_here and self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA GPU is visible: use --device=cpu")
-        if self.device == "mps" and not torch.backends.mps.is_available():
+        if device_here and self.device == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("device=mps but this torch has no MPS (Apple GPU) backend: use --device=cpu")
         if self.gradient_accumulation_steps % world_size:
             raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "

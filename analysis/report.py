@@ -260,6 +260,7 @@ def summary(run):
     # Bigram-Backcopy: copy accuracy over the whole val split where the perplexity tool scored it, else the probe's
     row["copy_acc"] = run["eval_json"].get("copy_acc", last.get("copy_acc", math.nan))
     row["excess_loss"] = row["val_loss"] - run["eval_json"].get("bayes_loss", math.nan)  # over the task's floor
+    row.update({key: v for key, v in last.items() if key.startswith("hellaswag_")})  # hellaswag_interval's
     return row
 
 

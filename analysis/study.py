@@ -50,6 +50,7 @@ new --name for new settings, or --rerun to delete those runs and train them agai
 import argparse
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -64,7 +65,7 @@ from pathlib import Path
 import configurator
 import normalizers
 import runtime
-from analysis import variant_name
+from analysis import slurm, variant_name
 from analysis.launch import execute, fmt_time, worker_envs
 from analysis.plots import in_registry_order
 from analysis.run_steps import evaluate_run, read_json
@@ -89,7 +90,8 @@ UNCHECKED_KEYS = {"out_dir", "compile", "attn_impl", "log_interval", "keep_check
 STUDY_SETTINGS = {"study_norms": "--norms", "study_gates": "--gates", "study_optimizers": "--optimizers",
                   "study_seeds": "--seeds", "study_sweep": "--sweep", "study_jobs": "--jobs",
                   "study_max_tokens": "--max_tokens",
-                  "study_settings": "(config file only)"}
+                  "study_settings": "(config file only)",
+                  **{f"study_slurm_{name}": f"--slurm_{name}" for name in slurm.SETTINGS}}
 MAX_TOKENS = 32768  # val tokens scored per quantized variant, unless --max_tokens or study_max_tokens
 
 
@@ -224,10 +226,11 @@ def with_own_settings(variants, own, cfg, overridden, swept, source):
     return [dataclasses.replace(v, settings=tuple(typed_own.get(v.name, ()))) for v in variants]
 
 
-def run_config(cfg, run, run_dir):
-    """The TrainConfig of one run: the study's settings with the run's own. In wandb, the runs of a study share a
-    group named after it; train.py tags each with its attn_norm, optimizer and seed, the study adds its gate (unless
-    none) and its swept values."""
+def run_config(cfg, run, run_dir, world_size=1, device_here=True):
+    """The TrainConfig of one run: the study's settings with the run's own, validated for world_size processes
+    (device_here=False: on a Slurm node, not this machine). In wandb, the runs of a study share a group named after
+    it; train.py tags each with its attn_norm, optimizer and seed, the study adds its gate (unless none) and its
+    swept values."""
     cfg = copy.copy(cfg)
     variant = run.variant
     gate_tag = [f"attn_gate={variant.gate}"] if variant.gate != "none" else []
@@ -238,7 +241,7 @@ def run_config(cfg, run, run_dir):
                 **dict(variant.settings), **dict(run.point)}  # both typed by study_axes
     for key, value in settings.items():
         setattr(cfg, key, value)
-    cfg.validate()
+    cfg.validate(world_size, device_here)
     return cfg
 
 
@@ -264,6 +267,25 @@ def stale_message(stale, study_dir):
     return (f"{len(labels)} run(s) in {study_dir}/runs ({which}) were trained with other settings than asked for "
             f"({what}): give these settings a new --name, or add --rerun to delete those runs and train them again")
 
+def train_and_evaluate(variants, seeds, points, configs, study_dir, args, launch):
+    """Every run through launch (launch.execute or slurm.execute), a sweep in two stages: (the grid point chosen
+    per variant, the sweep for the report or None, {label: log} of the runs that failed)."""
+    if len(points) == 1:  # nothing to choose: every run at once
+        return {variant: points[0] for variant in variants}, None, launch(list(configs), configs, study_dir, args, "")
+    stage1 = [Run(v, seeds[0], point) for v in variants for point in points]
+    failed = launch(stage1, configs, study_dir, args, "stage 1 (sweep): ")
+    losses = {v: {point: math.nan if Run(v, seeds[0], point).label in failed else read_json(
+        study_dir / "runs" / Run(v, seeds[0], point).label / "eval.json").get("val_loss", math.nan)
+        for point in points} for v in variants}
+    chosen = {v: min((p for p in points if math.isfinite(by_point[p])), key=by_point.get)
+              for v, by_point in losses.items() if any(map(math.isfinite, by_point.values()))}
+    for variant, point in chosen.items():
+        print(f"sweep: {variant.name} at {point_name(point)}")
+    stage2 = [Run(v, s, point) for v, point in chosen.items() for s in seeds[1:]]
+    failed.update(launch(stage2, configs, study_dir, args, "stage 2: ") if stage2 else {})
+    return chosen, {"seed": seeds[0], "points": points, "losses": losses, "chosen": chosen}, failed
+
+
 # ---- the command line: check everything, launch the pending runs, write the report ----------------------
 
 
@@ -288,6 +310,13 @@ def main(argv=None):
     p.add_argument("--rerun", action="store_true", help="delete and retrain runs trained with other settings")
     p.add_argument("--max_tokens", type=int, help=f"val tokens scored per quantized variant (default: {MAX_TOKENS})")
     p.add_argument("--calib_batches", type=int, default=8, help="training batches to calibrate activations on")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: a pool of workers on this machine; slurm: each run a Slurm job (see analysis/slurm.py)")
+    p.add_argument("--no-wait", action="store_true", help="with --launcher slurm: return once the jobs are "
+                                                          "submitted; the same command later collects them")
+    for name, (kind, default, what) in slurm.SETTINGS.items():
+        p.add_argument(f"--slurm_{name}", type=kind, help=f"with --launcher slurm: {what}" +
+                       (f" (default: {default})" if default else ""))
     p.add_argument("--evaluate", metavar="RUN_DIR", help="(used by the study) evaluate one trained run")
     p.add_argument("--eval_device", default="cpu", help="with --evaluate: the device to evaluate on")
     args, overrides = p.parse_known_args(argv)
@@ -295,6 +324,11 @@ def main(argv=None):
         return evaluate_run(args.evaluate, args.eval_device, args.max_tokens or MAX_TOKENS, args.calib_batches)
     if not args.config:
         p.error("a config file is required, e.g. config/study_cpu.py")
+    slurm_only = [f"--{key}" for key, value in vars(args).items() if value is not None and key.startswith("slurm_")]
+    slurm_only += ["--no-wait"] if args.no_wait else []
+    if args.launcher == "local" and slurm_only:
+        sys.exit(f"error: {', '.join(slurm_only)} only apply to --launcher slurm: add --launcher slurm, or leave "
+                 f"them out")
     bad = [o for o in overrides if not re.fullmatch(r"--\w+=.*", o) or o[2:].split("=")[0] in STUDY_KEYS]
     if bad:
         p.error(f"{' '.join(bad)}: train.py settings are given as --key=value; {', '.join(STUDY_KEYS)} are set by "
@@ -310,8 +344,10 @@ def main(argv=None):
         args.max_tokens = args.max_tokens or study.get("study_max_tokens", MAX_TOKENS)
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+        slurm_settings = slurm.settings(args, study, base.device) if args.launcher == "slurm" else None
         # Every run the study may train (stage 2 trains a subset of the grid's later seeds), checked up front.
-        configs = {run: run_config(base, run, study_dir / "runs" / run.label)
+        processes = slurm.world_size(slurm_settings) if slurm_settings else 1
+        configs = {run: run_config(base, run, study_dir / "runs" / run.label, processes, slurm_settings is None)
                    for run in (Run(v, s, point) for v in variants for point in points for s in seeds)}
         stale = {run: changed for run, cfg in configs.items()
                  if (changed := changed_settings(study_dir / "runs" / run.label, cfg))}
@@ -331,30 +367,26 @@ def main(argv=None):
         except prepare_data.PREPARE_ERRORS as e:
             sys.exit(f"error: preparing data/{base.dataset} failed: {e}")
 
-    sweep = None
-    if len(points) == 1:  # nothing to choose: every run at once
-        chosen = {variant: points[0] for variant in variants}
-        failed = execute(list(configs), configs, study_dir, args, "")
-    else:
-        stage1 = [Run(v, seeds[0], point) for v in variants for point in points]
-        failed = execute(stage1, configs, study_dir, args, "stage 1 (sweep): ")
-        losses = {v: {point: math.nan if Run(v, seeds[0], point).label in failed else read_json(
-            study_dir / "runs" / Run(v, seeds[0], point).label / "eval.json").get("val_loss", math.nan)
-            for point in points} for v in variants}
-        chosen = {v: min((p for p in points if math.isfinite(by_point[p])), key=by_point.get)
-                  for v, by_point in losses.items() if any(map(math.isfinite, by_point.values()))}
-        sweep = {"seed": seeds[0], "points": points, "losses": losses, "chosen": chosen}
-        for variant, point in chosen.items():
-            print(f"sweep: {variant.name} at {point_name(point)}")
-        stage2 = [Run(v, s, point) for v, point in chosen.items() for s in seeds[1:]]
-        failed += execute(stage2, configs, study_dir, args, "stage 2: ") if stage2 else []
+    launch = execute if args.launcher == "local" else functools.partial(slurm.execute, slurm=slurm_settings)
+    try:
+        chosen, sweep, failed = train_and_evaluate(variants, seeds, points, configs, study_dir, args, launch)
+    except slurm.JobsRunning as e:  # --no-wait
+        print(e)
+        return
+    except ConfigError as e:  # no Slurm here, or sbatch refused the jobs
+        sys.exit(f"error: {e}")
     finished = {v: [study_dir / "runs" / run.label for run in (Run(v, s, chosen[v]) for s in seeds)
                     if run.label not in failed] for v in variants if v in chosen}
     if any(finished.values()):
-        envs = worker_envs(base.device, args.jobs, len(configs))
-        threads = f", OMP_NUM_THREADS={envs[0]['OMP_NUM_THREADS']} each" if "OMP_NUM_THREADS" in envs[0] else ""
+        if args.launcher == "local":
+            envs = worker_envs(base.device, args.jobs, len(configs))
+            threads = f", OMP_NUM_THREADS={envs[0]['OMP_NUM_THREADS']} each" if "OMP_NUM_THREADS" in envs[0] else ""
+            where = f"{runtime.device_description(base.device)}; up to {len(envs)} runs at a time{threads}"
+        else:
+            where = (f"{base.device}, Slurm jobs of {slurm_settings['nodes']} node(s) × "
+                     f"{slurm_settings['gpus_per_node']} GPU(s) per run")
         header = [f"- command: `./run_study.sh {shlex.join(argv)}`",
-                  f"- device: {runtime.device_description(base.device)}; up to {len(envs)} runs at a time{threads}",
+                  f"- device: {where}",
                   f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                   f"- wall time: {fmt_time(time.time() - t0)} for this invocation (runs already finished were "
                   f"skipped; data preparation included, this report not)"]
@@ -364,7 +396,8 @@ def main(argv=None):
         print(f"\nreport: {path}\nplots:  {study_dir}/*.png and {study_dir}/per_run/*.png\n"
               f"total time {fmt_time(time.time() - t0)}")
     if failed:
-        sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see their train.log / eval.log")
+        sys.exit(f"error: {len(failed)} run(s) failed: " +
+                 ", ".join(f"{label} (log: {log})" for label, log in failed.items()))
 
 
 if __name__ == "__main__":

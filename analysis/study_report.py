@@ -41,6 +41,9 @@ SINK_METRICS = [
     ("copy acc.", "copy_acc"),
     ("loss − Bayes", "excess_loss"),
 ]
+# HellaSwag's accuracies (analysis.hellaswag, or train.py's hellaswag_interval) where a run has them
+HELLASWAG_METRICS = [("HellaSwag acc (sum loss)", "hellaswag_acc_sum_loss"),
+                     ("HellaSwag acc (mean loss)", "hellaswag_acc_mean_loss")]
 LAYER_GROUPS = report.KURTOSIS + ("act_absmax", "attn_sink")
 
 
@@ -72,6 +75,15 @@ def values(rows, key):
 
 def mean_std(x):
     return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
+
+
+def downstream_metrics(by_variant):
+    """(heading, key) of the downstream scores some run has: HellaSwag's and lm-eval's metrics (analysis.lm_eval),
+    not their standard errors and counts."""
+    keys = dict.fromkeys(key for rows in by_variant.values() for _, row in rows for key in row)
+    lm_eval = [(f"lm-eval {key[len('lm_eval_'):]}", key) for key in keys if key.startswith("lm_eval_")
+               and "_stderr" not in key and not key.endswith("_samples") and key != "lm_eval_limit"]
+    return [(heading, key) for heading, key in HELLASWAG_METRICS if key in keys] + lm_eval
 
 
 def table(by_variant, metrics):
@@ -287,7 +299,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
         lines += ["## Sweep", "", sweep_section(sweep), ""]
     sinks = [(h, key) for h, key in SINK_METRICS if any(math.isfinite(row[key]) for rows in by_variant.values()
                                                         for _, row in rows)]
-    metrics = MODEL_METRICS + QUANT_METRICS + sinks
+    downstream = downstream_metrics(by_variant)
+    metrics = MODEL_METRICS + QUANT_METRICS + downstream + sinks
     baselines = ", ".join(f"**{v.name}** under {v.optimizer}" for v in variants
                           if (v.norm, v.gate) == (first.norm, first.gate))
     lines += ["## Mean ± std over seeds", "",
@@ -301,6 +314,11 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
               f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
               f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so "
               f"the embedding reads the quantized matrix too.", "", table(by_variant, QUANT_METRICS), ""]
+    if downstream:
+        lines += ["Downstream, on the final checkpoint (a run without a score shows –): HellaSwag's val set scored "
+                  "completion style as build-nanogpt does (`analysis.hellaswag`: the ending with the lowest summed, "
+                  "or mean per token, loss), and lm-evaluation-harness tasks (`analysis.lm_eval`) as "
+                  "`<task> <metric>`.", "", table(by_variant, downstream), ""]
     if sinks:
         lines += ["## Attention sinks", "", SINK_LEGEND, "", table(by_variant, sinks), ""]
     lines += ["## Which differences exceed seed noise", "",
@@ -316,6 +334,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     figures = [("bars_model.png", fig_bars(by_variant, styles, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
                ("bars_quantization.png",
                 fig_bars(by_variant, styles, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
+    if downstream:
+        figures.append(("bars_downstream.png", fig_bars(by_variant, styles, downstream, "Downstream accuracy")))
     for optimizer in optimizers:  # a figure per optimizer: every variant in one would be too many lines
         subset = {v: rows for v, rows in by_variant.items() if v.optimizer == optimizer}
         if not subset:

@@ -177,8 +177,9 @@ def test_cli_writes_the_metrics_into_eval_json(run):
 
 def test_unknown_task_is_one_error_line(run, monkeypatch):
     # Without lm-eval's built-in tasks: indexing its ~15,000 yamls takes ~15 s and changes nothing here.
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager",
-                        lambda include_path=None, include_defaults=True: TaskManager(include_path, include_defaults=False))
+    def local_tasks_only(include_path=None, include_defaults=True):
+        return TaskManager(include_path=include_path, include_defaults=False)
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", local_tasks_only)
     with pytest.raises(SystemExit) as e:
         attnorm_lm_eval.main([str(run[0]), "--tasks", "attnorm_nosuch", "--include_path", str(run[3]),
                               "--device", "cpu"])

@@ -14,7 +14,6 @@ import pytest
 import scipy.stats
 
 import configurator
-import prepare_data
 from analysis import launch, quantize, significance, study, study_report
 from analysis.plots import fmt
 from checkpoint import load_checkpoint
@@ -41,17 +40,6 @@ def run_study(root, *args, ok=True, env=None, cwd=None):
     proc = subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=600, env=env)
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A directory with data/shakespeare_char whose val split is cut to 1000 tokens: exact perplexity over all of
-    it takes a moment."""
-    root = tmp_path_factory.mktemp("work")
-    data = prepare_data.prepare("shakespeare_char", out_dir=root / "data")
-    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 1000])  # uint16
-    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 1000}))
-    return root
 
 
 def wandb_env(tmp_path):
