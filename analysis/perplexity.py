@@ -131,11 +131,17 @@ def continuation_logprobs(model, pairs, block_size, batch_size, device, progress
         width = len(batch[0][0])
         chunk = torch.tensor([tokens + [0] * (width - len(tokens)) for tokens, _, _, _ in batch], device=device)
         logits = model(chunk[:, :-1], chunk[:, 1:])[0]
-        for r, (tokens, n, i, piece) in enumerate(batch):
-            scored = logits[r, len(tokens) - 1 - n:len(tokens) - 1].double().log_softmax(-1)
-            targets = chunk[r, len(tokens) - n:len(tokens)]
-            pieces[i][piece] = (scored.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
-                                (scored.argmax(-1) == targets).cpu().numpy())
+        # every scored prediction of the batch at once: (row, position) pairs, each row's last n positions
+        rows_at = np.repeat(np.arange(len(batch)), [n for _, n, _, _ in batch])
+        positions = np.concatenate([np.arange(len(tokens) - 1 - n, len(tokens) - 1) for tokens, n, _, _ in batch])
+        rows_at, positions = torch.from_numpy(rows_at).to(device), torch.from_numpy(positions).to(device)
+        scored = logits[rows_at, positions].double().log_softmax(-1)
+        targets = chunk[rows_at, positions + 1]
+        logprobs = scored.gather(-1, targets[:, None])[:, 0].cpu().numpy()
+        greedy = (scored.argmax(-1) == targets).cpu().numpy()
+        ends = np.cumsum([n for _, n, _, _ in batch])
+        for (_, _, i, piece), lp, g in zip(batch, np.split(logprobs, ends[:-1]), np.split(greedy, ends[:-1])):
+            pieces[i][piece] = (lp, g)
     model.train(was_training)
     return [(np.concatenate([np.zeros(0)] + [p[k][0] for k in sorted(p)]),
              np.concatenate([np.zeros(0, bool)] + [p[k][1] for k in sorted(p)])) for p in pieces]

@@ -13,7 +13,7 @@ from analysis import quantize, read_metrics
 from checkpoint import CKPT_NAME, checkpoint_iter
 
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
-WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
+WANDB_SUMMARY = ["val_ppl", "min_act_bits"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
 
 
 def read_json(path):
@@ -34,7 +34,8 @@ def pending_steps(run_dir, max_iters, wandb_log):
         steps.append("perplexity")
     if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not ev.get("stats"):
         steps.append("stats")
-    if ev.get("quant_iter") != max_iters or any(key not in ev for key in quantize.EVAL_KEYS):
+    if (ev.get("quant_iter") != max_iters or any(key not in ev for key in quantize.EVAL_KEYS)
+            or ev["quant_tolerance"] != quantize.TOLERANCE):  # min_act_bits at another tolerance than the study's
         steps.append("quantize")
     if wandb_log and ev.get("wandb_summary_iter") != max_iters:
         steps.append("wandb")

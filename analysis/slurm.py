@@ -93,8 +93,9 @@ def world_size(slurm):
     return slurm["nodes"] * max(1, slurm["gpus_per_node"])
 
 
-def executor(folder, slurm, name):
-    """A submitit executor for the study's jobs: one task per GPU (or one on CPU) on each of the nodes."""
+def executor(folder, slurm, name, jobs):
+    """A submitit executor for the study's jobs: one task per GPU (or one on CPU) on each of the nodes; jobs: how
+    many of an array may run at a time (None: as many as Slurm lets run)."""
     try:
         ex = submitit.AutoExecutor(folder, cluster=CLUSTER)
     except RuntimeError as e:  # submitit: no srun on this machine
@@ -105,7 +106,8 @@ def executor(folder, slurm, name):
                          gpus_per_node=gpus, cpus_per_task=slurm["cpus_per_task"],
                          slurm_partition=slurm["partition"], slurm_account=slurm["account"],
                          slurm_qos=slurm["qos"], slurm_constraint=slurm["constraint"],
-                         slurm_additional_parameters=sbatch_flags(slurm["sbatch"]) or None)
+                         slurm_additional_parameters=sbatch_flags(slurm["sbatch"]) or None,
+                         slurm_array_parallelism=jobs)
     return ex
 
 
@@ -178,7 +180,7 @@ def execute(runs, configs, study_dir, args, title, slurm):
         return {}
     if submit:
         device = configs[runs[0]].device
-        ex = executor(folder, slurm, study_dir.name)
+        ex = executor(folder, slurm, study_dir.name, args.jobs)
         eval_device = "cuda" if device.startswith("cuda") else device  # each rank 0's first visible GPU
         try:
             with contextlib.redirect_stderr(io.StringIO()), ex.batch():  # submitit prints sbatch's complaint too

@@ -3,6 +3,7 @@ A multi-seed study: train every (variant, seed) pair, evaluate each run, and com
 
     ./run_study.sh config/study_cpu.py [--norms softmax,symax] [--gates headwise,...] [--optimizers adamw,muon]
                    [--seeds 0,1,2] [--sweep key=a,b,c ...] [--name NAME] [--jobs N] [--rerun] [--key=value ...]
+                   [--launcher local|slurm] [--no-wait] [--slurm_<setting> VALUE ...]
     python -m analysis.study CONFIG ...                                  (the same; run_study.sh only calls this)
 
 What a study compares is a *variant*: an attn_norm with an output gate (attn_gate, normalizers/gates.py) and an
@@ -35,9 +36,11 @@ grid). Stage 1 trains every (variant, grid point) on the first seed and picks, p
 lowest exact val loss; stage 2 trains the other seeds at each variant's point. The report shows the sweep table and
 flags a choice at the edge of the grid.
 
-Runs go to a pool of workers: --jobs per visible GPU's share (CUDA_VISIBLE_DEVICES set per run, round robin; default
-one run per GPU) when the config's device is cuda, else --jobs CPU processes (default: one per core) sharing the
-cores (OMP_NUM_THREADS = cores / jobs; for small models one thread per run beats many threads per run). With
+With --launcher slurm each run is a Slurm job (analysis/slurm.py: its settings, the jobs, waiting and collecting;
+study_slurm_<setting> in a config file). With the default, --launcher local, runs go to a pool of workers: --jobs
+per visible GPU's share (CUDA_VISIBLE_DEVICES set per run, round robin; default one run per GPU) when the config's
+device is cuda, else --jobs CPU processes (default: one per core) sharing the cores (OMP_NUM_THREADS = cores / jobs;
+for small models one thread per run beats many threads per run). With
 wandb_log=True every run logs to the wandb group named after the study, tagged with its attn_norm, optimizer and
 seed (by train.py), its attn_gate=<gate> unless none, and its swept values.
 
@@ -306,7 +309,8 @@ def main(argv=None):
                    help="a train.py setting to tune per variant on the first seed; repeat for a grid")
     p.add_argument("--name", help="study/<name>/ (default: the config file's name)")
     p.add_argument("--study_root", default="study", help="where studies live (default: study)")
-    p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, or one per CPU core)")
+    p.add_argument("--jobs", type=int, help="runs at a time (default: one per GPU, or one per CPU core; "
+                                               "with --launcher slurm: as many as Slurm lets run)")
     p.add_argument("--rerun", action="store_true", help="delete and retrain runs trained with other settings")
     p.add_argument("--max_tokens", type=int, help=f"val tokens scored per quantized variant (default: {MAX_TOKENS})")
     p.add_argument("--calib_batches", type=int, default=8, help="training batches to calibrate activations on")

@@ -29,7 +29,8 @@ MODEL_METRICS = [
     ("sink", "attn_sink_mean"),
 ]
 QUANT_METRICS = [("PPL fp (quant. tokens)", "ppl_fp")] + [
-    (f"ΔPPL {name.replace('_', ' ')}", f"delta_ppl_{name}") for name in quantize.VARIANTS]
+    (f"ΔPPL {name.replace('_', ' ')}", f"delta_ppl_{name}") for name in quantize.VARIANTS] + [
+    ("min act. bits", "min_act_bits")]
 # Shown when the runs logged them (model_stats with sink_rate; a Bigram-Backcopy dataset for the trigger split).
 SINK_METRICS = [
     ("sink rate", "sink_rate"),
@@ -301,6 +302,7 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
                                                         for _, row in rows)]
     downstream = downstream_metrics(by_variant)
     metrics = MODEL_METRICS + QUANT_METRICS + downstream + sinks
+    ladder = ", ".join(name.replace("_", " ") for name in quantize.ACT_LADDER.values())
     baselines = ", ".join(f"**{v.name}** under {v.optimizer}" for v in variants
                           if (v.norm, v.gate) == (first.norm, first.gate))
     lines += ["## Mean ± std over seeds", "",
@@ -311,9 +313,13 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
               f"Post-training quantization (`analysis.quantize`): PPL over the first {ev['quant_tokens']:,} val "
               f"tokens, fp and the PPL lost (ΔPPL = PPL quantized − PPL fp) to int8 weights per tensor or per "
               f"channel with int8 activations calibrated by min-max or the {ev['quant_percentile']}th percentile on "
-              f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
-              f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so "
-              f"the embedding reads the quantized matrix too.", "", table(by_variant, QUANT_METRICS), ""]
+              f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights per channel with 6-, 5- and 4-bit "
+              f"activations calibrated by min-max (W8A6, W8A5, W8A4), int8 weights alone (W8) and int4 weights "
+              f"alone (W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to "
+              f"wte, so the embedding reads the quantized matrix too. *min act. bits*: the smallest activation width "
+              f"reached walking down the ladder {ladder} before a rung loses more than {ev['quant_tolerance']:.1%} of "
+              f"the fp PPL (PPL ≤ {1 + ev['quant_tolerance']:g} × PPL fp); '–' where W8A8 already loses more for "
+              f"some seed.", "", table(by_variant, QUANT_METRICS), ""]
     if downstream:
         lines += ["Downstream, on the final checkpoint (a run without a score shows –): HellaSwag's val set scored "
                   "completion style as build-nanogpt does (`analysis.hellaswag`: the ending with the lowest summed, "

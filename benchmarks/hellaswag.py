@@ -39,7 +39,8 @@ def synthetic_items(n, ctx_chars, ending_chars, seed=0):
 
 
 def measure(config, items, device, dtype, batch_size):
-    """(seconds per 1,000 items, items scored, parameters, description of the model) of one config."""
+    """(wall seconds and CPU seconds of this process per 1,000 items, items scored, parameters, description of the
+    model) of one config."""
     cfg = load_config([config, f"--device={device}", f"--dtype={dtype}"])
     if TOKENIZERS.get(cfg.dataset) == "char":
         meta = {"tokenizer": "char", "chars": "".join(sorted(set(SHAKESPEARE_TXT.read_text()))), "vocab_size": 65}
@@ -53,12 +54,13 @@ def measure(config, items, device, dtype, batch_size):
     with autocast:
         hellaswag.score(model, encoded[:batch_size // 4 or 1], 0, cfg.block_size, batch_size, device)  # warm-up
         sync()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         values = hellaswag.score(model, encoded, skipped, cfg.block_size, batch_size, device)
         sync()
-    seconds = time.perf_counter() - t0
+    per_1000 = 1000 / values["hellaswag_items"]
     what = f"{cfg.n_layer}×{cfg.n_embd}, block {cfg.block_size}, {meta['tokenizer']}"
-    return 1000 * seconds / values["hellaswag_items"], values["hellaswag_items"], model.get_num_params(), what
+    return ((time.perf_counter() - t0) * per_1000, (time.process_time() - cpu0) * per_1000, values["hellaswag_items"],
+            model.get_num_params(), what)
 
 
 def main(argv=None):
@@ -72,8 +74,11 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=tuple(runtime.DTYPES))
+    p.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's choice)")
     p.add_argument("--out", help="also write the table to this markdown file")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     items = (hellaswag.read_items(args.data, args.items) if args.data else
              synthetic_items(args.items, args.ctx_chars, args.ending_chars))
     source = (f"{args.data}" if args.data else f"synthetic: Tiny Shakespeare, a {args.ctx_chars}-character context "
@@ -81,11 +86,14 @@ def main(argv=None):
     report = Report(args.out)
     report.add(*header("HellaSwag scoring cost", "benchmarks.hellaswag", sys.argv[1:] if argv is None else argv,
                        args.device),
-               f"- items: {source}; dtype {args.dtype}; {args.batch_size} windows per forward pass; random weights",
-               "", "| config | model | params | items | s per 1,000 items |", "|---|---|---|---|---|")
+               f"- items: {source}; dtype {args.dtype}; {args.batch_size} windows per forward pass; "
+               f"{torch.get_num_threads()} torch threads; random weights",
+               "- CPU s: this process's CPU time, which waiting for a busy machine's cores does not inflate", "",
+               "| config | model | params | items | s per 1,000 items | CPU s per 1,000 items |",
+               "|---|---|---|---|---|---|")
     for config in args.configs.split(","):
-        seconds, n, params, what = measure(config, items, args.device, args.dtype, args.batch_size)
-        report.add(f"| {config} | {what} | {params / 1e6:.1f}M | {n} | {seconds:.1f} |")
+        seconds, cpu_seconds, n, params, what = measure(config, items, args.device, args.dtype, args.batch_size)
+        report.add(f"| {config} | {what} | {params / 1e6:.1f}M | {n} | {seconds:.1f} | {cpu_seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 import configurator
-from analysis import launch, quantize, significance, study, study_report
+from analysis import launch, run_steps, significance, study, study_report
 from analysis.plots import fmt
 from checkpoint import load_checkpoint
 from configurator import ConfigError
@@ -58,7 +58,8 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
     report = (study_dir / "report.md").read_text()
     for norm in ("softmax", "softmax1"):
         rows = [line for line in report.splitlines() if line.startswith(f"| {norm} | 1 |")]
-        assert len(rows) == 2, report  # a row in each mean ± std table (model, quantization)
+        assert len(rows) == 3, report  # a row in each mean ± std table (model, quantization, attention sinks)
+        assert rows[1].split(" | ")[-1].strip(" |").split(" ± ")[0] in ("8", "6", "5", "4", "–")  # min act. bits
         assert "| – ±" not in rows[0] and "| nan ±" not in rows[0]  # the study's model_stats filled the columns
         assert f"[{norm}-s0" in out  # its progress lines
     assert "report: " in out and "ETA" in out
@@ -80,7 +81,7 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
         assert {norm, "seed=0"} <= set(contents[0]["run"].tags)
         ev = json.loads((run_dir / "eval.json").read_text())
         summary = {k: v for c in contents for k, v in c["summary"].items()}
-        for key in ["val_ppl", *(f"delta_ppl_{name}" for name in quantize.VARIANTS)]:
+        for key in run_steps.WANDB_SUMMARY:
             assert summary[key] == ev[key], key
 
     checkpoints = sorted(study_dir.glob("runs/*/ckpt.pt"))
