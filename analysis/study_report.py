@@ -249,7 +249,7 @@ SINK_LEGEND = (
 
 def fig_sink_curves(by_variant, styles, keys):
     """keys [(title, eval-record key or layer group)] against the iteration: mean over seeds per variant, ± std."""
-    fig, axes = figure(len(by_variant), 1, len(keys), 3.4, 2.4, "Over training, mean ± std over seeds")
+    fig, axes = figure(len(by_variant), 1, len(keys), 5.0, 2.6, "Over training, mean ± std over seeds")
     for ax, (title, key) in zip(axes.flat, keys):
         for variant, rows in by_variant.items():
             curves = [[(e["iter"], curve_value(e, key)) for e in run["eval"]] for run, _ in rows]
