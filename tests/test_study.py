@@ -157,8 +157,8 @@ def test_gates_and_optimizers_train_each_variant_and_compare_it_with_its_own_opt
         ppl[name] = [json.loads((runs / f"{name}-s{seed}" / "eval.json").read_text())["val_ppl"] for seed in (0, 1)]
 
     report = (tmp_path / "variants" / "report.md").read_text()
-    for name in variants:  # a row per variant in both mean ± std tables
-        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 3, name  # the model, quantization and sink tables
+    for name in variants:  # a row per variant in each mean ± std table (model, quantization, attention sinks)
+        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 3, name
 
     def expect(a, b):
         result = scipy.stats.ttest_ind(ppl[a], ppl[b], equal_var=False)
