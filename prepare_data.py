@@ -610,6 +610,8 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
             seed=2357, num_proc=None, bos=False, bb=None):
     """Build <out_dir>/<name>/ (a DATASETS name, or any name with files=[...]) and return its path. bos: a BOS before
     every document (a DATASETS name becomes <name>_bos); bb: bb's options, {key: value} of BB_DEFAULTS' keys."""
+    if name == "bb" and files is None and (bos or tokenizer == "gpt2"):
+        raise ValueError("bb has its own character vocabulary and a BOS already: drop --bos and --tokenizer")
     if bos and files is None and not name.endswith(BOS_SUFFIX):
         name += BOS_SUFFIX
     bos = bos or (files is None and name.endswith(BOS_SUFFIX))
@@ -643,8 +645,6 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
     if bb and name != "bb":
         raise ValueError(f"--{', --'.join(bb)} only apply to the bb dataset")
     if name == "bb":
-        if bos or tokenizer == "gpt2":
-            raise ValueError("bb has its own character vocabulary and a BOS already: drop --bos and --tokenizer")
         bb = BB_DEFAULTS | (bb or {})
         for key, value in bb.items():
             if type(value) is not int or value < (2 if key == "seq_len" else 1):

@@ -379,7 +379,7 @@ def sample_offsets(data, n, generator, block_size, starts=None):
 
 
 @torch.no_grad()
-def estimate_loss(model, data, starts, cfg, autocast, dist_ctx):
+def estimate_loss(model, data, cfg, autocast, dist_ctx, starts=None):
     """Mean loss over eval_iters batches per split, the same batches at every eval and for any number of
     processes: one generator draws them all, and rank r evaluates batches r, r + world_size, ..."""
     model.eval()
@@ -413,9 +413,10 @@ def get_lr(it, cfg):
 
 # ---- one training step ----
 
-def train_step(model, raw_model, optimizer, scaler, data, starts, state, cfg, autocast, dist_ctx):
-    """Forward/backward over the global batch (this rank's share), clip, step. Returns (mean loss, grad norm)
-    as tensors, and whether the step was applied (False: a NaN/Inf loss or gradient, skipped)."""
+def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx, starts=None):
+    """Forward/backward over the global batch (this rank's share), clip, step; windows start at starts (the BOS
+    positions) if given, else anywhere. Returns (mean loss, grad norm) as tensors, and whether the step was applied
+    (False: a NaN/Inf loss or gradient, skipped)."""
     world_size, rank = dist_ctx.world_size, dist_ctx.rank
     micro_steps = cfg.gradient_accumulation_steps // world_size
     offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size,
@@ -598,7 +599,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
-            losses = estimate_loss(model, data, starts, cfg, autocast, dist_ctx)
+            losses = estimate_loss(model, data, cfg, autocast, dist_ctx, starts)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
             if probe is not None and dist_ctx.master:
                 t_stats = time.time()
@@ -617,8 +618,8 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         if state.iter_num >= cfg.max_iters or cfg.eval_only:
             return
 
-        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"],
-                                              starts and starts["train"], state, cfg, autocast, dist_ctx)
+        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
+                                              autocast, dist_ctx, starts and starts["train"])
         state.iter_num += 1
         if not applied:
             state.nonfinite_in_a_row += 1

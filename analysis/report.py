@@ -36,6 +36,10 @@ DESCRIPTIONS = {
     "attn_sink": "attention sink: mean weight on the first token",
     "attn_quiet": "quiet mass: 1 − Σ weights (softmax: 0; diff: λ)",
     "attn_entropy": "attention entropy in nats, of |weights| renormalised to sum 1",
+    "attn_sink_dormant": "weight on BOS at dormant queries (not at a Bigram-Backcopy trigger)",
+    "attn_sink_active": "weight on BOS at active queries (at a trigger, where the copy happens)",
+    "bos_resid_ratio": "first token's residual norm / the median token's",
+    "bos_value_ratio": "first token's value norm / the median token's",
 }
 KURTOSIS = ("weight_kurtosis", "act_kurtosis_tensor", "act_kurtosis_sample", "act_kurtosis_token")
 MAGNITUDES = ("act_absmax", "act_top10", "act_top100", "act_median")
@@ -43,8 +47,12 @@ ATTENTION = ("attn_sink", "attn_quiet", "attn_entropy")
 SHORT = {"weight_kurtosis": "weight kurtosis", "act_kurtosis_tensor": "kurtosis: tensor",
          "act_kurtosis_sample": "kurtosis: sample", "act_kurtosis_token": "kurtosis: token", "act_absmax": "max |x|",
          "act_top10": "10th largest |x|", "act_top100": "100th largest |x|", "act_median": "median |x|",
-         "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)"}
+         "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)",
+         "attn_sink_dormant": "BOS weight, dormant", "attn_sink_active": "BOS weight, active",
+         "bos_resid_ratio": "BOS resid. / median", "bos_value_ratio": "BOS value / median"}
 SEED_STYLES = ("-", "--", ":", "-.")
+# The sink statistics of analysis/stats.py a run's summary() gives per layer (mean and max over layers)
+SINKS = ("attn_sink_dormant", "attn_sink_active", "attn_quiet_dormant", "bos_resid_ratio", "bos_value_ratio")
 
 
 def load_runs(run_dirs):
@@ -216,6 +224,9 @@ def figures(runs):
     plots += [
         ("curves_attention.png", "Over training: attention sink (weight on token 0), quiet mass (1 − Σ weights) "
          "and entropy (nats).", fig_curves, ATTENTION),
+        ("curves_sinks.png", "Over training: the weight on BOS at dormant and active queries (Bigram-Backcopy), "
+         "and the first token's residual and value norms over the median token's.", fig_curves,
+         ("attn_sink_dormant", "attn_sink_active", "bos_resid_ratio", "bos_value_ratio")),
         ("final_weight_kurtosis.png", "Weight kurtosis per layer at the last eval (Fisher excess; normal = 0).",
          fig_final, KURTOSIS[:1]),
         ("final_act_kurtosis.png", "Activation kurtosis per layer at the last eval, by definition: tensor (excess; "
@@ -247,7 +258,7 @@ def summary(run):
     # exp overflows past 709: a diverged run's PPL is inf, not an OverflowError
     loss = row["val_loss"]
     row["val_ppl"] = None if loss is None else math.inf if loss > 709 else math.exp(loss)
-    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet"):
+    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet") + SINKS:
         values = [v for key, v in last.items() if key.startswith(group + "/")]
         row[f"{group}_mean"] = statistics.fmean(values) if values else None
         row[f"{group}_max"] = max(values, default=None)
@@ -255,6 +266,13 @@ def summary(run):
     ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
               if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
     row["act_ratio_max"] = max(ratios, default=None)
+    row["sink_rate"] = last.get("sink_rate")
+    dormant = row["attn_quiet_dormant_mean"]
+    row["attn_mass_dormant_mean"] = None if dormant is None else 1 - dormant
+    # Bigram-Backcopy: copy accuracy over the whole val split where the perplexity tool scored it, else the probe's
+    row["copy_acc"] = run["eval_json"].get("copy_acc", last.get("copy_acc"))
+    bayes = run["eval_json"].get("bayes_loss")
+    row["excess_loss"] = None if loss is None or bayes is None else loss - bayes  # over the task's floor
     row.update({key: v for key, v in last.items() if key.startswith("hellaswag_")})  # hellaswag_interval's
     return row
 
@@ -267,6 +285,7 @@ COLUMNS = [  # (header, summary key(s)) after the val loss: one key is shown as 
     ("act. kurt. token mean / max", ("act_kurtosis_token_mean", "act_kurtosis_token_max")),
     ("max \\|act\\|", "act_absmax_max"), ("max \\|act\\| / median", "act_ratio_max"),
     ("sink mean / max", ("attn_sink_mean", "attn_sink_max")), ("quiet mean", "attn_quiet_mean"),
+    ("sink rate", "sink_rate"), ("BOS value / median", "bos_value_ratio_mean"), ("copy acc.", "copy_acc"),
 ]
 
 
@@ -325,7 +344,11 @@ largest ratio of max |activation| to median |activation| at one point (massive a
 Attention, over queries 1..T−1: **sink** = mean weight on the first token (mean and max over layers; uniform
 causal attention puts (H_T − 1)/(T − 1) on it, H_T the harmonic number: 0.059 at T = 64, 0.035 at T = 128, 0.020 at T = 256, so only
 a sink well above that is one); **quiet** = 1 − Σ weights (0 for softmax, λ for diff);
-entropy of |weights| renormalised to sum 1 (in the plots). **stats s**: seconds model_stats took at that eval.
+entropy of |weights| renormalised to sum 1 (in the plots). **sink rate**: the fraction of heads whose sink exceeds
+0.3 (Gu et al. 2025); **BOS value / median**: the first token's value norm over the median token's (mean over
+layers and heads; a sink's "value-state drain" is far below 1); **copy acc.**: on a Bigram-Backcopy dataset, how
+often the most likely token after a trigger is the copy (over the whole val split where `eval.json` has it).
+**stats s**: seconds model_stats took at that eval.
 """
 
 
