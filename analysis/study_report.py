@@ -297,8 +297,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
              f"`{study_dir}/runs/<variant>-s<seed>/`.{names}", ""]
     if sweep:
         lines += ["## Sweep", "", sweep_section(sweep), ""]
-    sinks = [(h, key) for h, key in SINK_METRICS if any(math.isfinite(row[key]) for rows in by_variant.values()
-                                                        for _, row in rows)]
+    sinks = [(h, key) for h, key in SINK_METRICS if any(row.get(key) is not None and math.isfinite(row[key])
+                                                        for rows in by_variant.values() for _, row in rows)]
     downstream = downstream_metrics(by_variant)
     metrics = MODEL_METRICS + QUANT_METRICS + downstream + sinks
     ladder = ", ".join(name.replace("_", " ") for name in quantize.ACT_LADDER.values())
