@@ -35,8 +35,10 @@ killed runs are deleted by the next run. load_prepared() is the one check of a p
 import argparse
 import codecs
 import contextlib
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from bigram_backcopy import BOS_CHAR, BigramBackcopy
+from provenance import data_fingerprint, describe_difference
 
 RAW_DIR = Path(__file__).resolve().parent / "data" / "raw"
 SHAKESPEARE_TXT = RAW_DIR / "tinyshakespeare.txt"
@@ -131,6 +134,28 @@ def tokenizer_identity(meta):
     if meta.get("tokenizer") == "gpt2":  # the ranks are bundled and hash-checked: the name is the encoding
         return {"tokenizer": "gpt2", "encoding": "gpt2"}
     raise ValueError(f"unknown tokenizer {meta.get('tokenizer')!r} in meta.json (expected 'char' or 'gpt2')")
+
+
+def check_same_data(saved_meta, meta, data_dir, fix):
+    """Refuse (ValueError) to score or resume a model trained on the data described by saved_meta (a checkpoint's
+    "meta") with the data in data_dir (its meta.json: meta): another tokenizer, or the same one with other data
+    (data_dir prepared again with other settings or files). fix: what the caller suggests for the second case.
+    A checkpoint written before fingerprints existed is checked for its tokenizer only."""
+    if tokenizer_identity(saved_meta) != tokenizer_identity(meta):
+        raise ValueError(f"{data_dir} has another tokenizer ({_describe_tokenizer(meta)}) than the checkpoint was "
+                         f"trained with ({_describe_tokenizer(saved_meta)}): its token ids mean other things here; "
+                         f"point at the run's own dataset")
+    saved, now = saved_meta.get("fingerprint"), meta.get("fingerprint")
+    if saved and saved != now:
+        raise ValueError(f"{data_dir} holds other data (fingerprint {now}) than the checkpoint was trained on "
+                         f"(fingerprint {saved}): it was prepared again with other settings or files since. {fix}")
+
+
+def _describe_tokenizer(meta):
+    if meta.get("tokenizer") == "char":
+        chars = meta["chars"]
+        return f"char, {len(chars)} characters {chars[:20]!r}" + ("…" if len(chars) > 20 else "")
+    return str(meta.get("tokenizer"))
 
 
 def _tokenizer_meta(tokenizer, chars=None, bos=False):
@@ -298,13 +323,28 @@ def _check_parquet(path):
     if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
         raise ValueError(f"{path}: the 'text' column holds {kind}, not strings: the documents must be in a string "
                          "column named text")
+    rows = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+        column = batch.column(0)
+        if column.null_count:
+            row = rows + column.is_null().to_pylist().index(True) + 1
+            raise ValueError(f'{path}, row {row}: "text" is null, not a string: drop the rows without text (e.g. '
+                             "df.dropna(subset=['text']) in pandas) or give them text")
+        rows += len(column)
+
+
+def _check_txt(path):
+    _check_utf8(path)
+    with open(path, encoding="utf-8-sig") as f:
+        if not any(line.strip() for line in f):
+            raise ValueError(f"{path} holds only blank lines: there is no text in it")
 
 
 def check_text_files(files):
     """Raise ValueError (file, line and what to fix) for the first input file datasets could not read as documents."""
     for f in files:
         if f.suffix == ".txt":
-            _check_utf8(f)
+            _check_txt(f)
         elif f.suffix in (".json", ".jsonl"):
             _check_json(f)
         elif f.suffix == ".parquet":
@@ -403,13 +443,21 @@ def load_prepared(data_dir, block_size=None):
     if not (data_dir / "meta.json").exists():
         raise DataError(f"dataset {name!r} is not prepared (no {data_dir}/meta.json): run "
                         f"python prepare_data.py {name}")
-    redo = f"re-run python prepare_data.py {name} --force"
+    meta = None
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
+        redo = f"re-run {rebuild_command(data_dir, meta)}"
         dtype = np.dtype(meta["dtype"])
         vocab_size, counts = meta["vocab_size"], {s: meta[f"{s}_tokens"] for s in ("train", "val")}
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): {redo}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): re-run "
+                        f"{rebuild_command(data_dir, meta)}") from None
+    if meta.get("tokenizer") not in ("char", "gpt2"):
+        raise DataError(f"{data_dir}/meta.json names tokenizer {meta.get('tokenizer')!r}, which is not one of char, "
+                        f"gpt2: {redo}")
+    if meta["tokenizer"] == "gpt2" and vocab_size != EOT + 1:
+        raise DataError(f"{data_dir}/meta.json names tokenizer 'gpt2' (vocab {EOT + 1}) but vocab_size {vocab_size!r}"
+                        f": the data was not tokenized with GPT-2 BPE, {redo}")
     if any(type(n) is not int or n < 0 for n in counts.values()):
         raise DataError(f"{data_dir}/meta.json: token counts {counts} are not counts: {redo}")
     if dtype.kind != "u" or type(vocab_size) is not int or not 0 < vocab_size <= np.iinfo(dtype).max + 1:
@@ -435,7 +483,43 @@ def load_prepared(data_dir, block_size=None):
         if int(data[split][: 100_000_000].max()) >= vocab_size:
             raise DataError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
                             f"match its meta.json, {redo}")
+    if "fingerprint" not in meta:  # prepared before fingerprints: computed once, kept in meta.json if writable
+        meta["fingerprint"] = data_fingerprint(data_dir, tokenizer_identity(meta))
+        _write_json_atomically(data_dir / "meta.json", meta)
     return data, meta
+
+
+def _write_json_atomically(path, obj):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        fsync(tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only dataset: the fingerprint is computed again on the next load
+        tmp.unlink(missing_ok=True)
+
+
+def rebuild_command(data_dir, meta=None):
+    """The command that rebuilds data_dir (with --force) from what its meta.json records of how prepare() built it:
+    the files, tokenizer, val_fraction and seed. Without that record (data prepared before it was kept, or a
+    meta.json that cannot be read) the command of a built-in dataset, or a template for --text."""
+    data_dir = Path(data_dir)
+    made = meta.get("prepared_with") if isinstance(meta, dict) else None
+    out = [] if data_dir.parent == Path("data") else ["--out_dir", str(data_dir.parent)]
+    if isinstance(made, dict) and made.get("text"):
+        args = ["--text", *made["text"], "--name", data_dir.name, "--tokenizer", made["tokenizer"]] + (
+            ["--bos"] if made.get("bos") else [])
+    elif data_dir.name in DATASETS:
+        args = [data_dir.name]
+    else:
+        return shlex.join(["python", "prepare_data.py", "--text", "FILE", "...", "--name", data_dir.name, *out,
+                           "--force"]) + " (with the files it was built from)"
+    if isinstance(made, dict) and "val_fraction" in made:
+        bb = made.get("bb") or {}
+        seed = made["seed"] if made.get("seed") is not None else bb.get("seed")
+        args += ["--val_fraction", str(made["val_fraction"])] + (["--seed", str(seed)] if seed is not None else [])
+        args += [arg for key in BB_DEFAULTS if key in bb for arg in (f"--{key}", str(bb[key]))]
+    return shlex.join(["python", "prepare_data.py", *args, *out, "--force"])
 
 
 def window_start(setting, meta):
@@ -526,14 +610,19 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
             seed=2357, num_proc=None, bos=False, bb=None):
     """Build <out_dir>/<name>/ (a DATASETS name, or any name with files=[...]) and return its path. bos: a BOS before
     every document (a DATASETS name becomes <name>_bos); bb: bb's options, {key: value} of BB_DEFAULTS' keys."""
+    if name == "bb" and files is None and (bos or tokenizer == "gpt2"):
+        raise ValueError("bb has its own character vocabulary and a BOS already: drop --bos and --tokenizer")
     if bos and files is None and not name.endswith(BOS_SUFFIX):
         name += BOS_SUFFIX
     bos = bos or (files is None and name.endswith(BOS_SUFFIX))
     if files is None and name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
                          "or prepare local files with --text FILE [FILE ...] --name NAME")
-    if not name or Path(name).name != name:
-        raise ValueError(f"dataset name {name!r} must be a plain directory name")
+    if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"dataset name {name!r} must be a plain directory name (not starting with '.'), e.g. "
+                         "--name mycorpus")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed={seed} is out of range: the shuffle seed must be in [0, 2**32)")
     if files is not None:
         files = [Path(f) for f in files]
         for f in files:
@@ -545,6 +634,7 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
                 raise ValueError(f"{f} is empty")
         if len({TEXT_LOADERS[f.suffix] for f in files}) > 1:
             raise ValueError("--text files must all be of one kind: .txt, .json/.jsonl or .parquet")
+        check_distinct(files)
     if tokenizer is None:
         tokenizer = "char" if name.removesuffix(BOS_SUFFIX) in ("shakespeare_char", "bb") and files is None else "gpt2"
     if val_fraction is None:
@@ -555,8 +645,6 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
     if bb and name != "bb":
         raise ValueError(f"--{', --'.join(bb)} only apply to the bb dataset")
     if name == "bb":
-        if bos or tokenizer == "gpt2":
-            raise ValueError("bb has its own character vocabulary and a BOS already: drop --bos and --tokenizer")
         bb = BB_DEFAULTS | (bb or {})
         for key, value in bb.items():
             if type(value) is not int or value < (2 if key == "seq_len" else 1):
@@ -572,17 +660,39 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
         raise Interrupted(f"interrupted; nothing was written to {final}: run the command again") from None
 
 
+def check_distinct(files):
+    """A file given twice (under any path, or a copy) would put each of its val documents into train too."""
+    seen = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        if digest in seen:
+            same = "is the same file as" if os.path.samefile(f, seen[digest]) else "has the same contents as"
+            raise ValueError(f"{f} {same} {seen[digest]}: a document in both would be in train and in val; give "
+                             "each file once")
+        seen[digest] = f
+
+
 def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc, bos, bb):
     name = final.name
     if final.parent.is_dir():
         _clean_stale(final)
     had_data = is_prepared(final)
+    # what prepared_with records: what the data is a function of (the built-in texts are not shuffled: no seed)
+    asked = {"text": [str(f.resolve()) for f in files] if files else None, "tokenizer": tokenizer,
+             "val_fraction": val_fraction, "seed": None if files is None and name in OFFLINE_DATASETS else seed,
+             "bos": bos, "bb": bb}
     if had_data and not force:
         built = load_meta(final).get("build", {})
         if bb is not None and built != bb:
             differ = ", ".join(f"{k}={built.get(k)}" for k in bb if built.get(k) != bb[k])
             raise ValueError(f"{final} was built with {differ}: rebuild it with --force (runs trained on the old data "
                              f"cannot be resumed on the new), or use --out_dir elsewhere")
+        made = json.loads((final / "meta.json").read_text()).get("prepared_with")
+        if made and made != asked:
+            raise ValueError(f"{final} was prepared with other settings ({describe_difference(made, asked)}): add "
+                             "--force to rebuild it (runs trained on the old data will refuse the new), or use "
+                             "another --name")
         print(f"already prepared: {final} (use --force to rebuild)")
         return final
     if files is not None:
@@ -598,6 +708,8 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc, bos, 
         else:
             meta = _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc, bos)
         meta["dtype"] = np.dtype(_dtype(meta["vocab_size"])).name
+        meta["prepared_with"] = asked
+        meta["fingerprint"] = data_fingerprint(tmp, tokenizer_identity(meta))
         for path in tmp.iterdir():  # on disk before meta.json can say they are complete (_clean_stale trusts it)
             fsync(path)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: it marks the dir complete

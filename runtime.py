@@ -83,3 +83,23 @@ def setup_distributed(device):
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return Distributed(True, dist.get_rank(), dist.get_world_size(), device)
+
+
+def check_device(device):
+    """device as torch names it, or a ValueError that says which devices this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device={device}: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device={device} but no CUDA GPU is visible: use --device=cpu "
+                             "(or check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device={device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible: "
+                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={device} but MPS (Apple GPU) is not available here: use --device=cpu")
+    return device

@@ -29,10 +29,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import normalizers
 import runtime
-from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, save_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, lock_dir, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig
-from prepare_data import DataError, bos_starts, load_prepared, tokenizer_identity, window_start
+from prepare_data import (DataError, bos_starts, load_prepared, rebuild_command, tokenizer_identity,
+                          window_start)
+from provenance import describe_difference
 
 
 def default_device():
@@ -54,6 +56,14 @@ WINDOW_STARTS = ("auto", "random", "bos")  # the window_start setting's values (
 @dataclass
 class TrainConfig(GPTConfig):
     DERIVED = {"vocab_size": "it is the dataset's (meta.json), padded by runtime.padded_vocab_size"}
+    UNKNOWN_KEY_HINTS = {"study_": "{source} is a study config: run ./run_study.sh {source}"}
+    # Settings a resumed run may change freely: they change where and how it runs, what it logs, or (max_iters) how
+    # long it trains, not what it learns. Any other setting must equal the checkpoint's, unless resume_changes
+    # names it (then it takes effect from the resume on); the model's own settings (GPTConfig) never change.
+    RESUME_FREE = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "hellaswag_interval",
+                   "always_save_checkpoint", "keep_checkpoints", "init_from", "log_stats", "wandb_log",
+                   "wandb_project", "wandb_run_name", "wandb_group", "wandb_tags", "finetune_other_dataset",
+                   "resume_changes", "max_iters", "max_nonfinite_steps", "device", "compile", "attn_impl"}
     # I/O
     out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>-s<seed>
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
@@ -75,8 +85,9 @@ class TrainConfig(GPTConfig):
     dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
     gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
     batch_size: int = 12  # sequences per micro-step and rank
-    finetune_other_dataset: bool = False  # resume a checkpoint trained on another dataset with the same tokenizer
+    finetune_other_dataset: bool = False  # resume on other data (another dataset, or it rebuilt), same tokenizer
     window_start: str = "auto"  # where windows start: random, bos (at a BOS token), auto (bos if the data has one)
+    resume_changes: str = ""  # comma-separated settings a resume may change, e.g. learning_rate after a divergence
     # optimizer
     optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for everything else
     learning_rate: float = 6e-4  # peak learning rate (AdamW's)
@@ -125,6 +136,17 @@ class TrainConfig(GPTConfig):
                               f"({self.eval_interval}), got {self.hellaswag_interval}")
         if self.muon_lr is not None and self.muon_lr <= 0:
             raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
+        if not 0 <= self.seed < 2**63 - 2**16:  # torch seeds are 64-bit; seed + 1 and seed + rank are seeds too
+            raise ConfigError(f"seed must be in [0, 2**63 - 2**16), got {self.seed}: e.g. --seed=1337")
+        if not self.dataset or Path(self.dataset).name != self.dataset or self.dataset.startswith("."):
+            raise ConfigError(f"dataset={self.dataset!r} is not a dataset name (a folder data/<dataset> written by "
+                              f"prepare_data.py): e.g. --dataset=shakespeare_char")
+        for key in filter(None, self.resume_changes.split(",")):
+            if key not in self.changeable_on_resume():
+                why = ("it may always change" if key in self.RESUME_FREE else "the model's settings and optimizer "
+                       "cannot change on resume" if hasattr(self, key) else "no such setting")
+                raise ConfigError(f"resume_changes={self.resume_changes!r}: {key!r} is not a setting a resume "
+                                  f"changes ({why}): list only training settings, e.g. resume_changes=learning_rate")
         choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES),
                    "optimizer": OPTIMIZERS, "window_start": WINDOW_STARTS}
         for key, valid in choices.items():
@@ -147,6 +169,13 @@ class TrainConfig(GPTConfig):
         if self.attn_impl == "fused" and reason:
             raise ConfigError(f"attn_impl=fused cannot run attn_norm={self.attn_norm} on {self.device}: {reason}. "
                               f"Use attn_impl=auto (the reference where no fused kernel runs) or reference")
+
+    @classmethod
+    def changeable_on_resume(cls):
+        """The settings resume_changes may name: every TrainConfig setting but the model's, the optimizer (its
+        state would not fit), the dataset (finetune_other_dataset) and the RESUME_FREE ones."""
+        model = {f.name for f in dataclasses.fields(GPTConfig)}
+        return {f.name for f in dataclasses.fields(cls)} - model - cls.RESUME_FREE - {"optimizer", "dataset"}
 
     def model_config(self, vocab_size=50304):
         return GPTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GPTConfig)}
@@ -176,6 +205,7 @@ class TrainState:
     best_val_loss: float
     data_rng: torch.Generator  # draws the global batch: the same sequences whatever the number of processes
     nonfinite_in_a_row: int = 0
+    changes: list = dataclasses.field(default_factory=list)  # [{"iter", "settings": {key: [before, after]}}] of resumes
 
 
 def find_checkpoint(cfg, out_dir):
@@ -193,8 +223,17 @@ def find_checkpoint(cfg, out_dir):
     return ckpt_path if cfg.init_from == "resume" or ckpt_path.exists() else None
 
 
+RESUME_KEYS = ("optimizer", "scaler", "best_val_loss", "data_rng", "rng", "meta")  # what train.py's checkpoints hold
+
+
 def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
-    """Refuse to continue a checkpoint with another model, tokenizer or dataset."""
+    """Refuse to continue a checkpoint with another model, tokenizer, data or training settings (but the ones
+    resume_changes names); returns {setting: [checkpoint's, now]} of those it names that differ."""
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise ConfigError(f"{ckpt_path} cannot be resumed: it has no {', '.join(missing)} (a checkpoint of an older "
+                          f"train.py or of nanoGPT). sample.py and the analysis tools read it if it has 'meta'; "
+                          f"to train, use another out_dir")
     try:
         saved_config = GPTConfig.from_saved(ckpt["model_args"])
     except (ValueError, TypeError) as e:
@@ -205,7 +244,7 @@ def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
     if changed:
         raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
             f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
-    saved_meta = ckpt.get("meta") or {}
+    saved_meta = ckpt["meta"] or {}
     if tokenizer_identity(saved_meta) != tokenizer_identity(meta):
         raise ConfigError(f"{ckpt_path} was trained with another tokenizer (dataset "
                           f"{ckpt['config'].get('dataset')!r}) than dataset {cfg.dataset!r} has: its token ids mean "
@@ -219,6 +258,28 @@ def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
         raise ConfigError(f"{ckpt_path} was trained on dataset {ckpt['config'].get('dataset')!r}, not "
                           f"{cfg.dataset!r}: use another out_dir, or --finetune_other_dataset=True to go on "
                           f"training it on {cfg.dataset!r} (same tokenizer)")
+    there, now = saved_meta.get("fingerprint"), meta["fingerprint"]
+    if there and there != now and not cfg.finetune_other_dataset:
+        made = saved_meta.get("prepared_with")
+        made = f" ({describe_difference(made, meta.get('prepared_with') or {})})" if made else ""
+        raise ConfigError(f"{ckpt_path} was trained on other data than data/{cfg.dataset} holds now (fingerprint "
+                          f"{there} there, {now} now{made}): it was prepared again since. Rebuild it as it was "
+                          f"({rebuild_command(Path('data') / cfg.dataset, saved_meta)}), or use another out_dir, or "
+                          f"--finetune_other_dataset=True to go on training on the new data")
+    saved_cfg, defaults = ckpt["config"], dataclasses.asdict(TrainConfig())
+    if saved_cfg.get("optimizer", "adamw") != cfg.optimizer:
+        raise ConfigError(f"{ckpt_path} was trained with optimizer={saved_cfg.get('optimizer', 'adamw')!r}; its "
+                          f"optimizer state cannot go on as optimizer={cfg.optimizer!r}: use another out_dir")
+    allowed = set(filter(None, cfg.resume_changes.split(",")))
+    differ = {k: [saved_cfg.get(k, defaults[k]), v] for k, v in dataclasses.asdict(cfg).items()
+              if k in TrainConfig.changeable_on_resume() and saved_cfg.get(k, defaults[k]) != v}
+    refused = {k: v for k, v in differ.items() if k not in allowed}
+    if refused:
+        keys = ",".join(refused)
+        raise ConfigError(f"{ckpt_path} was trained with other settings: " + ", ".join(
+            f"{k}={a!r} there, {b!r} now" for k, (a, b) in refused.items()) + f". A new run: give it its own "
+            f"--out_dir. To go on training this one with them: add --resume_changes={keys}")
+    return differ
 
 
 def build(cfg, meta, out_dir, dist_ctx):
@@ -227,7 +288,7 @@ def build(cfg, meta, out_dir, dist_ctx):
     model_config = cfg.model_config(runtime.padded_vocab_size(meta["vocab_size"]))
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        check_resumable(ckpt, ckpt_path, model_config, cfg, meta)
+        changes = check_resumable(ckpt, ckpt_path, model_config, cfg, meta)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone (two runs start identical)
     model = GPT(model_config).to(dist_ctx.device)
     if ckpt is not None:
@@ -240,9 +301,15 @@ def build(cfg, meta, out_dir, dist_ctx):
     state = TrainState(0, float("inf"), torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed + dist_ctx.rank)  # dropout: per rank
     if ckpt is not None:
+        # load_state_dict brings back the saved hyperparameters (weight decay, betas, Muon's lr_scale) with the
+        # moments; the settings of this run take their place, so that a change resume_changes allows takes effect.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
         scaler.load_state_dict(ckpt["scaler"])
         state.iter_num, state.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        state.changes = ckpt.get("changes", []) + ([{"iter": state.iter_num, "settings": changes}] if changes else [])
         state.data_rng.set_state(ckpt["data_rng"])
         if len(ckpt["rng"]) == dist_ctx.world_size:
             torch.set_rng_state(ckpt["rng"][dist_ctx.rank]["cpu"])
@@ -267,7 +334,7 @@ def save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx):
                      "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(raw_model.config),
                      "config": dataclasses.asdict(cfg), "iter_num": state.iter_num,
                      "best_val_loss": state.best_val_loss, "data_rng": state.data_rng.get_state(), "rng": rngs,
-                     "meta": meta}, out_dir, cfg.keep_checkpoints)
+                     "meta": meta, "changes": state.changes}, out_dir, cfg.keep_checkpoints)
 
 
 # ---- data, evaluation, learning rate ----
@@ -317,7 +384,7 @@ def sample_offsets(data, n, generator, block_size, starts=None):
 
 
 @torch.no_grad()
-def estimate_loss(model, data, starts, cfg, autocast, dist_ctx):
+def estimate_loss(model, data, cfg, autocast, dist_ctx, starts=None):
     """Mean loss over eval_iters batches per split, the same batches at every eval and for any number of
     processes: one generator draws them all, and rank r evaluates batches r, r + world_size, ..."""
     model.eval()
@@ -351,9 +418,10 @@ def get_lr(it, cfg):
 
 # ---- one training step ----
 
-def train_step(model, raw_model, optimizer, scaler, data, starts, state, cfg, autocast, dist_ctx):
-    """Forward/backward over the global batch (this rank's share), clip, step. Returns (mean loss, grad norm)
-    as tensors, and whether the step was applied (False: a NaN/Inf loss or gradient, skipped)."""
+def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx, starts=None):
+    """Forward/backward over the global batch (this rank's share), clip, step; windows start at starts (the BOS
+    positions) if given, else anywhere. Returns (mean loss, grad norm) as tensors, and whether the step was applied
+    (False: a NaN/Inf loss or gradient, skipped)."""
     world_size, rank = dist_ctx.world_size, dist_ctx.rank
     micro_steps = cfg.gradient_accumulation_steps // world_size
     offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size,
@@ -386,10 +454,15 @@ def train_step(model, raw_model, optimizer, scaler, data, starts, state, cfg, au
 # ---- logging ----
 
 class MetricsLog:
-    """One JSON line per event in out_dir/metrics.jsonl (rank 0), the same to wandb when asked for."""
+    """One JSON line per event in out_dir/metrics.jsonl (rank 0), the same to wandb when asked for. A record is
+    written whole or not at all: a write that fails (a full disk) is cut off again, and a torn last line that a
+    killed run left is removed when the log is opened."""
 
     def __init__(self, cfg, out_dir, tokens_per_iter, master):
-        self.file = open(out_dir / "metrics.jsonl", "a") if master else None
+        self.path = out_dir / "metrics.jsonl"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if master else None
+        if self.fd is not None:
+            self.cut_torn_line()
         self.tokens_per_iter, self.wandb = tokens_per_iter, None
         if cfg.wandb_log and master:
             import wandb
@@ -400,20 +473,39 @@ class MetricsLog:
                        resume="allow", group=cfg.wandb_group or None, tags=tags)
             self.wandb = wandb
 
+    def cut_torn_line(self):
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(max(0, size - 2**20))
+            tail = f.read()
+        if not tail.endswith(b"\n"):
+            os.ftruncate(self.fd, size - len(tail) + tail.rfind(b"\n") + 1)
+
     def record(self, iter_num, event):
-        if self.file is None:
+        if self.fd is None:
             return
         event = {"iter": iter_num, "tokens": iter_num * self.tokens_per_iter, **event}
-        self.file.write(json.dumps(event) + "\n")
-        self.file.flush()
+        line, start = (json.dumps(event) + "\n").encode(), os.fstat(self.fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self.fd, line[written:])
+        except OSError as e:
+            os.ftruncate(self.fd, start)
+            raise TrainingError(f"cannot write {self.path} ({e.strerror}); the unfinished record was removed and "
+                                f"{checkpoint_note(self.path.parent)}. Free up space there, then run the same "
+                                f"command again") from None
         if self.wandb is not None and event["event"] in ("train", "eval"):  # the settings went to wandb.init
             # One lr per step: the train record's (the rate its step used), not the eval's (the next step's).
             skip = ("event", "iter") + (("lr",) if event["event"] == "eval" else ())
             self.wandb.log({k: v for k, v in event.items() if k not in skip}, step=iter_num)
 
     def close(self):
-        if self.file is not None:
-            self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -447,6 +539,14 @@ def main(argv):
     out_dir = Path(cfg.out_dir)
     if dist_ctx.master:
         check_out_dir(out_dir)
+    # One training per out_dir: a second one would resume the same checkpoint and the two would overwrite each
+    # other's saves. Held by rank 0 until the run ends (or its process dies).
+    with lock_dir(out_dir) if dist_ctx.master else nullcontext():
+        run(cfg, data, meta, out_dir, dist_ctx)
+    dist_ctx.close()
+
+
+def run(cfg, data, meta, out_dir, dist_ctx):
     model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
     log = print if dist_ctx.master else (lambda *a, **k: None)
     attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0],
@@ -456,8 +556,13 @@ def main(argv):
         log(f"resumed from {ckpt_path} at iter {state.iter_num}")
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
+    # What produced every record that follows: the settings, the data (its fingerprint), and the settings this
+    # resume changed (the checkpoint keeps the list of them).
+    changed = state.changes[-1]["settings"] if ckpt_path and state.changes and state.changes[-1]["iter"] == \
+        state.iter_num else {}
     metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
-                                    "world_size": dist_ctx.world_size, "attention": attention})
+                                    "data": meta["fingerprint"], "world_size": dist_ctx.world_size,
+                                    "attention": attention, **({"changes": changed} if changed else {})})
     try:
         train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log)
     except KeyboardInterrupt:
@@ -470,7 +575,6 @@ def main(argv):
         raise TrainingError(out_of_memory_message(cfg, e)) from None
     finally:
         metrics.close()
-    dist_ctx.close()
 
 
 def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log):
@@ -507,7 +611,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
-            losses = estimate_loss(eval_model, data, starts, cfg, autocast, dist_ctx)
+            losses = estimate_loss(eval_model, data, cfg, autocast, dist_ctx, starts)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
             if probe is not None and dist_ctx.master:
                 t_stats = time.time()
@@ -526,8 +630,8 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         if state.iter_num >= cfg.max_iters or cfg.eval_only:
             return
 
-        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"],
-                                              starts and starts["train"], state, cfg, autocast, dist_ctx)
+        loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
+                                              autocast, dist_ctx, starts and starts["train"])
         state.iter_num += 1
         if not applied:
             state.nonfinite_in_a_row += 1
@@ -572,7 +676,8 @@ def nonfinite_message(cfg, state, out_dir):
         causes = f"lower learning_rate ({cfg.learning_rate} is far too high)"
     elif cfg.grad_clip == 0:
         causes = "lower learning_rate or clip gradients (grad_clip=1.0; it is 0, off)"
-    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)}" if (out_dir / CKPT_NAME).exists()
+    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)} (with other settings: add "
+            f"--resume_changes=<them>, e.g. --resume_changes=learning_rate)" if (out_dir / CKPT_NAME).exists()
             else "No checkpoint was written")
     return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {state.iter_num - 1}: {causes}. {kept}."
 

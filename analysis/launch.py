@@ -139,14 +139,20 @@ class Job:
     train_argv: list
     max_iters: int
     wandb_log: bool
+    quant: dict  # the quantization settings asked for (quant_settings)
 
     def steps_left(self):
         """The steps still pending now (a job may start long after it was planned)."""
-        return pending_steps(self.dir, self.max_iters, self.wandb_log)
+        return pending_steps(self.dir, self.max_iters, self.wandb_log, self.quant)
+
+
+def quant_settings(args):
+    """{setting: value} of QUANT_ARGS: what a run's quantization must have been done with to count as done."""
+    return {a: getattr(args, a) for a in QUANT_ARGS}
 
 
 def eval_args(args):
-    return [f"--{a}={getattr(args, a)}" for a in QUANT_ARGS]
+    return [f"--{a}={v}" for a, v in quant_settings(args).items()]
 
 
 def run_all(jobs, args, device, progress):
@@ -192,28 +198,28 @@ def run_all(jobs, args, device, progress):
     return failed
 
 
-def pending_jobs(runs, configs, study_dir):
+def pending_jobs(runs, configs, study_dir, quant):
     """A Job for each of the runs that is not finished, and {label: (iterations done, max_iters)} of those (an
     interrupted run counts from its checkpoint, an evaluation alone as its last iteration)."""
     jobs, iters = [], {}
     for run in runs:
         cfg, run_dir = configs[run], study_dir / "runs" / run.label
         run_dir.mkdir(parents=True, exist_ok=True)
-        steps = pending_steps(run_dir, cfg.max_iters, cfg.wandb_log)
+        steps = pending_steps(run_dir, cfg.max_iters, cfg.wandb_log, quant)
         if not steps:
             print(f"skip {run.label}: finished ({run_dir})")
             continue
         started = "train" in steps and (run_dir / CKPT_NAME).exists()  # an interrupted run: counts from there
         done = (checkpoint_iter(run_dir) if started else 0) if "train" in steps else cfg.max_iters
         iters[run.label] = (done, cfg.max_iters)
-        jobs.append(Job(run.label, run_dir, steps, train_argv(cfg), cfg.max_iters, cfg.wandb_log))
+        jobs.append(Job(run.label, run_dir, steps, train_argv(cfg), cfg.max_iters, cfg.wandb_log, quant))
     return jobs, iters
 
 
 def execute(runs, configs, study_dir, args, title):
     """Train and evaluate the runs that are not finished on a pool of local workers; returns {label: its log} of
     those that failed."""
-    jobs, iters = pending_jobs(runs, configs, study_dir)
+    jobs, iters = pending_jobs(runs, configs, study_dir, quant_settings(args))
     print(f"{title}study {study_dir}: {len(runs)} runs, {len(jobs)} to do, {len(runs) - len(jobs)} finished")
     if not jobs:
         return {}

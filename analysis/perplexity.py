@@ -9,16 +9,19 @@ and score all their tokens (the last window is moved back to end at the split's 
 tokens not scored yet); with --stride S < block_size they slide by S and score only their last S tokens, so
 that every token is predicted with at least block_size - S tokens of context (lower perplexity, more compute).
 
-Writes {split}_loss (mean NLL in nats per token), {split}_ppl, tokens (the number scored), bpc (bits per
-character of the scored text: NLL / ln 2 per character; for GPT-2 BPE the characters of the decoded text),
-split, stride, block_size and iter (the checkpoint's) into OUT_DIR/eval.json, keeping the keys other tools
-wrote there, and prints them.
+Writes {split}_loss (mean NLL in nats per token) and {split}_ppl into OUT_DIR/eval.json, keeping the keys other
+tools wrote there, and prints them; for the val split also tokens (the number scored), bpc (bits per character of
+the scored text: NLL / ln 2 per character; for GPT-2 BPE the characters of the decoded text), split, stride,
+block_size and iter (the checkpoint's). eval.json["produced_by"]["perplexity_<split>"] records what produced them
+(provenance.py): the run, its iteration, the data's fingerprint and these settings. The data must be the run's own
+(the same fingerprint); everything is checked before the scoring starts.
 """
 
 import argparse
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -168,15 +171,74 @@ def scored_tokens(tokens, starts, block_size):
     return np.concatenate([tokens[:1]] + [tokens[b + 1:b + 1 + n] for b, n in zip(begins, last)])
 
 
-def update_json(path, values):
-    """Merge values into the JSON object at path, atomically: readers see the old file or the new one."""
+def read_eval_json(path):
+    """The JSON object in a run's eval.json ({} if there is none); a damaged one is a ValueError saying what to do."""
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        data, error = None, e
+    if not isinstance(data, dict):
+        why = f"{type(error).__name__}: {error}" if data is None else "not a JSON object"
+        raise ValueError(f"{path} is damaged ({why}): move it away; analysis.perplexity and analysis.quantize "
+                         f"write it anew")
+    return data
+
+
+def update_json(path, values, produced_by=None):
+    """Merge values into the JSON object at path, atomically: readers see the old file or the new one. produced_by:
+    {tool: what produced the values (provenance.py)}, merged into the file's "produced_by"."""
+    path = Path(path)
+    data = read_eval_json(path)
     data.update(values)
+    if produced_by:
+        data["produced_by"] = {**data.get("produced_by", {}), **produced_by}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return data
+
+
+def open_run(out_dir, data_dir, device, batch_size):
+    """What scoring a run needs, checked before any compute: (the model on the CPU, the checkpoint, its dataset's
+    splits and meta, the path of its eval.json). The dataset (data/<the run's dataset>, or data_dir) must be the
+    one the run was trained on: the same tokenizer, and the same data unless it was prepared again (its
+    fingerprint). eval.json must be readable and its directory writable. Errors: one-line ValueError or
+    CheckpointError."""
+    from checkpoint import load_model
+    from prepare_data import check_same_data, load_prepared, rebuild_command
+    from runtime import check_device
+
+    check_device(device)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size}: give at least 1 window per forward pass, or leave it out for "
+                         "the run's batch_size")
+    model, ckpt = load_model(out_dir)
+    if not ckpt.get("meta"):
+        raise ValueError(f"{out_dir}: the checkpoint has no dataset metadata ('meta'), so its tokenizer and data are "
+                         "unknown: score a checkpoint written by train.py")
+    data_dir = Path(data_dir or Path("data") / ckpt["config"]["dataset"])
+    data, meta = load_prepared(data_dir)
+    check_same_data(ckpt["meta"], meta, data_dir, f"Point --data_dir at the data the run was trained on, or rebuild "
+                    f"it as it was: {rebuild_command(data_dir, ckpt['meta'])}")
+    eval_path = (Path(out_dir) if Path(out_dir).is_dir() else Path(out_dir).parent) / "eval.json"
+    read_eval_json(eval_path)
+    try:
+        tempfile.TemporaryFile(dir=eval_path.parent).close()
+    except OSError as e:
+        raise ValueError(f"cannot write {eval_path} ({e.strerror}): the results would be lost; copy the run "
+                         f"directory somewhere writable and score the copy") from None
+    return model, ckpt, data, meta, eval_path
+
+
+def produced_by(ckpt, meta, **settings):
+    """What produced an evaluation of the checkpoint ckpt on the data meta describes, with the tool's settings."""
+    from provenance import run_id
+    from train import TrainConfig
+    return {"run": run_id(ckpt, TrainConfig.RESUME_FREE), "iter": ckpt["iter_num"], "data": meta["fingerprint"],
+            **settings}
 
 
 def main(argv=None):
@@ -189,45 +251,45 @@ def main(argv=None):
     p.add_argument("--data_dir", help="default: data/<the run's dataset>")
     args = p.parse_args(argv)
 
-    from checkpoint import CheckpointError, load_model
-    from prepare_data import bos_starts, load_meta, window_start
+    from checkpoint import CheckpointError
+    from prepare_data import bos_starts, window_start
     from runtime import setup_distributed
-    # Under torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows.
-    dist_ctx = setup_distributed(args.device)
     try:
-        model, ckpt = load_model(args.out_dir, dist_ctx.device)
+        # the device is checked before torchrun's process group is set up on it
+        model, ckpt, data, meta, eval_path = open_run(args.out_dir, args.data_dir, args.device, args.batch_size)
         block_size = ckpt["model_args"]["block_size"]
         if args.stride is not None and not 1 <= args.stride <= block_size:
             raise ValueError(f"--stride={args.stride} is out of range: it must be in [1, {block_size}] (1 to the "
                              f"checkpoint's block_size); leave it out to slide by block_size")
-        data_dir = Path(args.data_dir or Path("data") / ckpt["config"]["dataset"])
-        meta = load_meta(data_dir)
-        if meta["vocab_size"] != ckpt["meta"]["vocab_size"]:
-            raise ValueError(f"{data_dir} has vocab_size {meta['vocab_size']}, but the checkpoint was trained on "
-                             f"{ckpt['meta']['vocab_size']}: point --data_dir at the run's dataset")
-        tokens = np.memmap(data_dir / f"{args.split}.bin", dtype=meta["dtype"], mode="r")
+        tokens = data[args.split]
         starts = None
         if window_start(ckpt["config"].get("window_start"), meta) == "bos":  # scored as trained: windows at BOS
             if args.stride is not None:
                 raise ValueError("--stride slides windows off the BOS this run's windows start at: leave it out")
             starts = bos_starts(tokens, meta["bos_id"], block_size)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    # Under torchrun: one process per GPU (or gloo processes on CPU), each scoring a share of the windows.
+    dist_ctx = setup_distributed(args.device)
+    model = model.to(dist_ctx.device)
     result = evaluate_perplexity(model, tokens, block_size, args.batch_size or ckpt["config"]["batch_size"],
                                  dist_ctx.device, args.stride, starts=starts, triggers=meta.get("triggers"))
     if dist_ctx.master:
-        values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],
-                  "tokens": result["tokens"],
-                  "bpc": bits_per_char(result["nll_sum"], scored_tokens(tokens, starts, block_size), meta),
-                  "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
-                  "iter": ckpt["iter_num"]}
-        values |= {key: result[key] for key in ("copy_acc", "copy_loss", "bigram_loss") if key in result}
+        details = {"tokens": result["tokens"],
+                   "bpc": bits_per_char(result["nll_sum"], scored_tokens(tokens, starts, block_size), meta),
+                   "split": args.split, "stride": args.stride or block_size, "block_size": block_size,
+                   "iter": ckpt["iter_num"]}
+        details |= {key: result[key] for key in ("copy_acc", "copy_loss", "bigram_loss") if key in result}
         if "bayes_loss_by_position" in meta:  # the task's floor over the same predictions
             by_position = np.cumsum([0.0] + meta["bayes_loss_by_position"])
             last = bos_windows(starts, len(tokens), block_size)[2]
-            values["bayes_loss"] = float(by_position[last].sum() / last.sum())
-        update_json(Path(args.out_dir) / "eval.json", values)
-        print(json.dumps(values, indent=2))
+            details["bayes_loss"] = float(by_position[last].sum() / last.sum())
+        # The flat keys without a split in their name describe val_ppl (what reports read); the train split's
+        # details are kept under produced_by only.
+        values = {f"{args.split}_loss": result["loss"], f"{args.split}_ppl": result["ppl"],
+                  **(details if args.split == "val" else {})}
+        update_json(eval_path, values, {f"perplexity_{args.split}": produced_by(ckpt, meta, **details)})
+        print(json.dumps({**values, **details}, indent=2))
     dist_ctx.close()
 
 

@@ -17,7 +17,9 @@ symax's η, diff2's λ projection, the gates' c_gate), so that every model has t
 everything between the Linears: the attention scores, the normalizer and the weights-times-values product.
 
 Variants, each scored by analysis.perplexity.evaluate_perplexity on the first --max_tokens tokens of the val split
-and merged into OUT_DIR/eval.json (other keys are kept) as ppl_<variant>, with delta_ppl_<variant> = ppl - ppl_fp:
+and merged into OUT_DIR/eval.json (other keys are kept) as ppl_<variant>, with delta_ppl_<variant> = ppl - ppl_fp,
+and what produced them (the run, its iteration, the data's fingerprint, these settings) as
+eval.json["produced_by"]["quantize"]. The data must be the run's own; everything is checked before any compute:
 
     fp                               the checkpoint as trained
     w8a8_{tensor,channel}_{minmax,percentile}   int8 weights per tensor or per channel, int8 activations
@@ -48,8 +50,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from analysis.perplexity import evaluate_perplexity, update_json
-from checkpoint import load_model
+from analysis.perplexity import evaluate_perplexity, open_run, produced_by, update_json
 
 # name: (weight bits, weight scale axis: None = per tensor, 0 = per output row; activation calibration or None,
 # activation bits)
@@ -202,23 +203,23 @@ def main(argv=None):
                          f"relative to fp, e.g. 0.01 for 1%")
 
     from checkpoint import CheckpointError
-    from prepare_data import load_meta
     try:
-        model, ckpt = load_model(args.out_dir, args.device)
-        data_dir = Path(args.data_dir or Path("data") / ckpt["config"]["dataset"])
-        meta = load_meta(data_dir)
-    except (CheckpointError, FileNotFoundError) as e:
+        if not 0 <= args.seed < 2**63:
+            raise ValueError(f"--seed={args.seed} is out of range: the seed of the calibration batches must be in "
+                             "[0, 2**63)")
+        model, ckpt, data, meta, eval_path = open_run(args.out_dir, args.data_dir, args.device, args.batch_size)
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    split = lambda name: np.memmap(data_dir / f"{name}.bin", dtype=meta["dtype"], mode="r")
+    model = model.to(args.device)
     block_size, batch_size = ckpt["model_args"]["block_size"], args.batch_size or ckpt["config"]["batch_size"]
 
     # Calibration reads training text, never the val tokens that are scored.
-    train = split("train")
+    train = data["train"]
     rng = np.random.default_rng(args.seed)
     offsets = rng.integers(0, len(train) - block_size, size=(args.calib_batches, batch_size))
     calib = [torch.from_numpy(train[o[:, None] + np.arange(block_size)].astype(np.int64)).to(args.device)
              for o in offsets]
-    val = split("val")[: args.max_tokens]
+    val = data["val"][: args.max_tokens]
 
     print(f"quantizing {args.out_dir} (iter {ckpt['iter_num']}): {len(val):,} val tokens, "
           f"{args.calib_batches}x{batch_size} calibration sequences, percentile {args.percentile}")
@@ -226,8 +227,10 @@ def main(argv=None):
                                args.tolerance)
     values.update(quant_tokens=len(val) - 1, quant_calib_batches=args.calib_batches,
                   quant_percentile=args.percentile, quant_iter=ckpt["iter_num"])
-    update_json(Path(args.out_dir) / "eval.json", values)
-    print(f"wrote {len(values)} keys to {Path(args.out_dir) / 'eval.json'}")
+    settings = {"max_tokens": args.max_tokens, "calib_batches": args.calib_batches, "percentile": args.percentile,
+                "batch_size": batch_size, "seed": args.seed, "tolerance": args.tolerance}
+    update_json(eval_path, values, {"quantize": produced_by(ckpt, meta, **settings)})
+    print(f"wrote {len(values)} keys to {eval_path}")
 
 
 if __name__ == "__main__":

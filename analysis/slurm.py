@@ -28,7 +28,8 @@ import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from analysis import read_metrics
-from analysis.launch import Progress, eval_args, evaluate_command, pending_jobs, run_env, stream, train_command
+from analysis.launch import (Progress, eval_args, evaluate_command, pending_jobs, quant_settings, run_env, stream,
+                             train_command)
 from configurator import ConfigError
 
 CLUSTER = "slurm"  # submitit's executor; the tests run the same jobs through its "local" one
@@ -171,7 +172,7 @@ def execute(runs, configs, study_dir, args, title, slurm):
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / "jobs.pkl"
     record = read_record(record_path)
-    jobs, iters = pending_jobs(runs, configs, study_dir)
+    jobs, iters = pending_jobs(runs, configs, study_dir, quant_settings(args))
     queued = {job.label for job in jobs if job.label in record and not record[job.label].done()}
     submit = [job for job in jobs if job.label not in queued]
     print(f"{title}study {study_dir}: {len(runs)} runs, {len(jobs)} to do ({len(submit)} to submit, {len(queued)} "

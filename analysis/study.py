@@ -45,12 +45,16 @@ wandb_log=True every run logs to the wandb group named after the study, tagged w
 seed (by train.py), its attn_gate=<gate> unless none, and its swept values.
 
 A re-run skips finished runs (checkpoint at max_iters, evaluation complete) and resumes interrupted ones (train.py's
-init_from=auto), but only where the run was trained with the settings asked for now: a run directory whose
-checkpoint holds other settings (but for UNCHECKED_KEYS) stops the study with an error before anything runs. Use a
-new --name for new settings, or --rerun to delete those runs and train them again.
+init_from=auto), but only where the run was trained with the settings asked for now, on the data as it is now: a run
+directory whose checkpoint holds other settings (but for UNCHECKED_KEYS) or another data fingerprint (provenance.py:
+the data prepared again since) stops the study with an error before anything runs. Use a new --name for new
+settings, or --rerun to delete those runs and train them again. An evaluation counts as done where eval.json's
+produced_by names the run's checkpoint and the settings asked for (--max_tokens, --calib_batches); it is done again
+otherwise. One study at a time per study directory (a lock).
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -73,7 +77,7 @@ from analysis.launch import execute, fmt_time, worker_envs
 from analysis.plots import in_registry_order
 from analysis.run_steps import evaluate_run, read_json
 from analysis.study_report import point_name, write_study_report
-from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, load_checkpoint, lock_dir
 from configurator import ConfigError
 from normalizers.gates import GATES
 from train import OPTIMIZERS, TrainConfig
@@ -153,8 +157,61 @@ def typed(cfg, key, value, source):
 
 
 def listed(text, study, key, default):
-    """A study axis: the comma-separated command-line value, else the config file's study setting, else default."""
-    return text.split(",") if text else list(study.get(key, default))
+    """A study axis: the comma-separated command-line value (STUDY_SETTINGS[key]), else the config file's study
+    setting (a list), else default. An empty value (`--seeds ''`, `a,,b`) is refused, not read as the default."""
+    if text is not None:
+        values, source = text.split(","), f"{STUDY_SETTINGS[key]} {text!r}"
+    elif key in study:
+        values, source = study[key], f"{key} = {study[key]!r} in the config file"
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, e.g. {key} = {[values]!r}")
+    else:
+        return list(default)
+    if not values or any(isinstance(v, str) and not v.strip() for v in values):
+        raise ConfigError(f"{source}: an empty value; list the values separated by commas, e.g. "
+                          f"{STUDY_SETTINGS[key]} {','.join(map(str, default)) or 'a,b'}")
+    return list(values)
+
+
+def study_seeds(args, study):
+    """The seeds: distinct integers in train.py's range. `--seeds 0,0` (or 0,00,-0) would count one run as several
+    seeds: a std of 0 and every difference 'beyond noise'."""
+    raw = listed(args.seeds, study, "study_seeds", [0, 1, 2])
+    source = f"--seeds {args.seeds}" if args.seeds is not None else f"study_seeds = {study.get('study_seeds')!r}"
+    try:
+        seeds = [s if type(s) is int else int(s) if isinstance(s, str) else None for s in raw]
+    except ValueError:
+        seeds = [None]
+    if None in seeds:
+        raise ConfigError(f"{source}: give comma-separated integers, e.g. --seeds 0,1,2")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{source}: seed {', '.join(map(str, twice))} is listed more than once; the runs of one "
+                          f"seed are one run, so give each seed once, e.g. --seeds 0,1,2")
+    for seed in seeds:
+        if not 0 <= seed < 2**63 - 2**16:
+            raise ConfigError(f"{source}: seed {seed} is out of range: seeds are in [0, 2**63 - 2**16)")
+    return seeds
+
+
+def sweep_grid(args, study):
+    """{setting: [values]} from --sweep key=a,b (each key once) or the config file's study_sweep, and its source."""
+    if not args.sweep:
+        sweep = study.get("study_sweep", {})
+        if not isinstance(sweep, dict) or not all(isinstance(v, (list, tuple)) and v for v in sweep.values()):
+            raise ConfigError(f"study_sweep = {sweep!r} in {args.config}: write a dict of lists, e.g. study_sweep = "
+                              "{'learning_rate': [1e-3, 2e-3]}")
+        return dict(sweep), args.config
+    sweep = {}
+    for text in args.sweep:
+        key, sep, values = text.partition("=")
+        if not sep or not values or any(not v.strip() for v in values.split(",")):
+            raise ConfigError(f"--sweep {text}: write --sweep key=a,b,c (no empty values)")
+        if key in sweep:
+            raise ConfigError(f"--sweep {key} is given twice: list all its values in one, e.g. --sweep "
+                              f"{key}={','.join(sweep[key] + values.split(','))}")
+        sweep[key] = values.split(",")
+    return sweep, "the command line"
 
 
 def study_axes(args, study, cfg, overrides):
@@ -176,19 +233,8 @@ def study_axes(args, study, cfg, overrides):
         raise ConfigError("optimizer is both set (--optimizer=...) and studied (--optimizers or study_optimizers): "
                           "give one of them, e.g. --optimizers muon")
     optimizers = list(dict.fromkeys(listed(args.optimizers, study, "study_optimizers", [cfg.optimizer])))
-    try:
-        seeds = [int(s) for s in listed(args.seeds, study, "study_seeds", [0, 1, 2])]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds}: give comma-separated integers, e.g. --seeds 0,1,2") from None
-    if args.sweep:
-        sweep, source = {}, "the command line"
-        for text in args.sweep:
-            key, sep, values = text.partition("=")
-            if not sep or not values:
-                raise ConfigError(f"--sweep {text}: write --sweep key=a,b,c")
-            sweep[key] = values.split(",")
-    else:
-        sweep, source = study.get("study_sweep", {}), args.config
+    seeds = study_seeds(args, study)
+    sweep, source = sweep_grid(args, study)
     for key, values in sweep.items():
         if key in STUDY_KEYS:
             raise ConfigError(f"--sweep {key}: {key} is set by the study (--norms, --seeds, --name)")
@@ -248,15 +294,21 @@ def run_config(cfg, run, run_dir, world_size=1, device_here=True):
     return cfg
 
 
-def changed_settings(run_dir, cfg):
+def changed_settings(run_dir, cfg, fingerprint):
     """{setting: (value the run in run_dir was trained with, value asked for)} for every setting that differs,
-    but for UNCHECKED_KEYS; {} for a run without a checkpoint. A setting the checkpoint does not hold (one added to
-    TrainConfig after the run was trained) counts as its default."""
+    but for UNCHECKED_KEYS, and for its data: "data/<dataset>" with the two fingerprints when the data was prepared
+    again since (fingerprint: the data's now, None if not prepared yet); {} for a run without a checkpoint. A setting
+    the checkpoint does not hold (one added to TrainConfig after the run was trained) counts as its default."""
     if not (run_dir / CKPT_NAME).exists():
         return {}
-    saved, defaults = load_checkpoint(run_dir)["config"], dataclasses.asdict(TrainConfig())
-    return {key: (saved.get(key, defaults[key]), value) for key, value in dataclasses.asdict(cfg).items()
-            if key not in UNCHECKED_KEYS and saved.get(key, defaults[key]) != value}
+    ckpt, defaults = load_checkpoint(run_dir, mmap=True), dataclasses.asdict(TrainConfig())
+    saved = ckpt["config"]
+    changed = {key: (saved.get(key, defaults[key]), value) for key, value in dataclasses.asdict(cfg).items()
+               if key not in UNCHECKED_KEYS and saved.get(key, defaults[key]) != value}
+    there = (ckpt.get("meta") or {}).get("fingerprint")
+    if fingerprint and there != fingerprint:
+        changed[f"data/{cfg.dataset} (prepared again since; its fingerprint)"] = (there, fingerprint)
+    return changed
 
 
 def stale_message(stale, study_dir):
@@ -348,15 +400,39 @@ def main(argv=None):
         args.max_tokens = args.max_tokens or study.get("study_max_tokens", MAX_TOKENS)
         if args.jobs is not None and args.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.calib_batches < 1 or args.max_tokens < 2:  # found here, not after every run has trained
+            raise ConfigError(f"--calib_batches={args.calib_batches} and --max_tokens={args.max_tokens} (or "
+                              f"study_max_tokens): the quantization needs at least 1 calibration batch and 2 tokens")
         slurm_settings = slurm.settings(args, study, base.device) if args.launcher == "slurm" else None
         # Every run the study may train (stage 2 trains a subset of the grid's later seeds), checked up front.
         processes = slurm.world_size(slurm_settings) if slurm_settings else 1
         configs = {run: run_config(base, run, study_dir / "runs" / run.label, processes, slurm_settings is None)
                    for run in (Run(v, s, point) for v in variants for point in points for s in seeds)}
+        fingerprints = {name: data_fingerprint_now(name) for name in {cfg.dataset for cfg in configs.values()}}
         stale = {run: changed for run, cfg in configs.items()
-                 if (changed := changed_settings(study_dir / "runs" / run.label, cfg))}
-    except (ConfigError, CheckpointError) as e:
+                 if (changed := changed_settings(study_dir / "runs" / run.label, cfg, fingerprints[cfg.dataset]))}
+    except (ConfigError, CheckpointError, prepare_data.DataError) as e:
         sys.exit(f"error: {e}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        try:  # two studies in one directory would train each run twice at once, and delete each other's (--rerun)
+            held.enter_context(lock_dir(study_dir, "another study (pid {pid}) is running in {directory}: wait for "
+                                                   "it to end, or give this one another --name"))
+        except CheckpointError as e:
+            sys.exit(f"error: {e}")
+        run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale, slurm_settings)
+
+
+def data_fingerprint_now(dataset):
+    """The fingerprint of data/<dataset> as it is now, or None if it is not prepared (yet)."""
+    import prepare_data
+    path = Path("data") / dataset
+    return prepare_data.load_prepared(path)[1]["fingerprint"] if (path / "meta.json").exists() else None
+
+
+def run_study(args, argv, t0, study_dir, base, variants, seeds, points, configs, stale, slurm_settings):
+    """Train and evaluate what is not done yet, then write the report (main() has checked everything)."""
+    import prepare_data
     if stale and not args.rerun:
         sys.exit(f"error: {stale_message(stale, study_dir)}")
     for run, changed in stale.items():

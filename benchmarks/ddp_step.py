@@ -59,7 +59,7 @@ def main(argv=None):
         state = TrainState(0, float("inf"), torch.Generator().manual_seed(0))
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         steps[order] = lambda model=model, raw=raw, optimizer=optimizer, scaler=scaler, state=state: train_step(
-            model, raw, optimizer, scaler, data, None, state, cfg, runtime.autocast("cpu", "float32"), dist_ctx)
+            model, raw, optimizer, scaler, data, state, cfg, runtime.autocast("cpu", "float32"), dist_ctx)
         for _ in range(args.warmup):
             steps[order]()
     times = {order: [] for order in ORDERS}

@@ -61,7 +61,7 @@ def measure(cfg, vocab_size, iters, warmup):
         if i == warmup:
             sync()
             t0 = time.perf_counter()
-        train_step(step_model, model, optimizer, scaler, data, None, state, cfg, autocast, dist_ctx)  # None: uniform windows
+        train_step(step_model, model, optimizer, scaler, data, state, cfg, autocast, dist_ctx)
     sync()
     return (time.perf_counter() - t0) / iters, model
 

@@ -235,7 +235,7 @@ def test_train_step_syncs_with_the_host_once(tmp_path, char_data_root, monkeypat
     reads = []
     original = torch.Tensor.__bool__
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t.dtype) or original(t))
-    train.train_step(gpt, gpt, optimizer, scaler, data["train"], None, state, cfg, runtime.autocast("cpu", cfg.dtype),
+    train.train_step(gpt, gpt, optimizer, scaler, data["train"], state, cfg, runtime.autocast("cpu", cfg.dtype),
                      dist_ctx)
     assert reads.count(torch.bool) == 1
 

@@ -57,8 +57,10 @@ def run(tmp_path_factory):
                      "config": {"dataset": "ignored", "batch_size": 4}}, root / "run")
     data = root / "data"
     data.mkdir()
-    np.array([EOT] + ENCODE(TEXT), dtype=np.uint16).tofile(data / "val.bin")
-    (data / "meta.json").write_text(json.dumps(META))
+    val = np.array([EOT] + ENCODE(TEXT), dtype=np.uint16)
+    val.tofile(data / "val.bin")
+    val.tofile(data / "train.bin")  # analysis.perplexity checks the whole prepared dataset
+    (data / "meta.json").write_text(json.dumps({**META, "train_tokens": len(val), "val_tokens": len(val)}))
     tasks = root / "tasks"
     tasks.mkdir()
     files = {"cloze": CLOZE, "choice": CHOICE, "rolling": [{"text": TEXT}]}

@@ -212,13 +212,14 @@ def test_cli_merges_all_keys_into_eval_json(tmp_path):
     assert ev["ppl_w8a4"] != ev["ppl_w8a8_channel_minmax"]  # the width reaches the CLI's evaluation
     assert ev["quant_tolerance"] == 0.01 and ev["min_act_bits"] in (None, 8, 6, 5, 4)
     (run / "metrics.jsonl").write_text("")  # a study reads the run's log too; quantization needs nothing of it
-    assert "quantize" not in pending_steps(run, 7, wandb_log=False)
+    assert "quantize" not in pending_steps(run, 7, False, {"max_tokens": 200, "calib_batches": 2})
 
     quantize.main([str(run), "--data_dir", str(data_dir), "--device", "cpu", "--max_tokens", "200",
                    "--calib_batches", "2", "--tolerance", "1e9"])  # every rung passes
     ev = json.loads((run / "eval.json").read_text())
     assert ev["quant_tolerance"] == 1e9 and ev["min_act_bits"] == 4
-    assert "quantize" in pending_steps(run, 7, wandb_log=False)  # a study would redo it at its own tolerance
+    # a study would redo it at its own tolerance
+    assert "quantize" in pending_steps(run, 7, False, {"max_tokens": 200, "calib_batches": 2})
 
 
 @pytest.mark.parametrize("tolerance", ["-0.01", "nan"])

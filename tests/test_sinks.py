@@ -273,3 +273,36 @@ def test_a_softmax_head_grows_a_sink_on_bb(tmp_path, bb_root):
     assert final["attn_sink_dormant/h.0"] > 0.3 and final["sink_rate"] == 1.0
     assert final["attn_sink_active/h.0"] < 0.1 and final["copy_acc"] > 0.9
     assert final["bos_value_ratio/h.0"] < 0.6
+
+
+def test_prepare_bb_errors(tmp_path, bb_root):
+    """Each a ValueError, which prepare_data.py prints as one error line."""
+    with pytest.raises(ValueError, match=r"was built with seq_len=64, sequences=3000: rebuild it with --force"):
+        prepare_data.prepare("bb", out_dir=bb_root)  # the defaults differ from the fixture's options
+    with pytest.raises(ValueError, match=r"--triggers only apply to the bb dataset"):
+        prepare_data.prepare("shakespeare_char", out_dir=tmp_path, bb={"triggers": 2})
+    with pytest.raises(ValueError, match=r"--seq_len must be an integer >= 2, got 1"):
+        prepare_data.prepare("bb", out_dir=tmp_path, bb={"seq_len": 1})
+    with pytest.raises(ValueError, match=r"bb has its own character vocabulary and a BOS already"):
+        prepare_data.prepare("bb", out_dir=tmp_path, bos=True)
+    text = tmp_path / "a.txt"
+    text.write_text("one\x02two\n\nthree\n")
+    with pytest.raises(ValueError, match=r"the documents contain '\\x02', the char tokenizer's BOS"):
+        prepare_data.prepare("mine", out_dir=tmp_path, files=[text], tokenizer="char", bos=True, num_proc=1)
+
+
+def test_bos_documents_start_with_bos(tmp_path):
+    """--bos on local files: every document starts with BOS (GPT-2: <|endoftext|> first instead of last)."""
+    text = tmp_path / "a.jsonl"
+    text.write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(20)))
+    for tokenizer in ("char", "gpt2"):
+        path = prepare_data.prepare(f"docs_{tokenizer}", out_dir=tmp_path, files=[text], tokenizer=tokenizer,
+                                    bos=True, num_proc=1)
+        data, meta = prepare_data.load_prepared(path)
+        encode, decode = prepare_data.load_tokenizer(meta)
+        for split in ("train", "val"):
+            tokens = np.asarray(data[split])
+            starts = np.flatnonzero(tokens == meta["bos_id"])
+            assert starts[0] == 0 and len(starts) == (18 if split == "train" else 2)
+            docs = np.split(tokens, starts[1:])
+            assert all(decode(d[1:]).startswith("document ") for d in docs)

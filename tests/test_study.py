@@ -58,7 +58,7 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
     report = (study_dir / "report.md").read_text()
     for norm in ("softmax", "softmax1"):
         rows = [line for line in report.splitlines() if line.startswith(f"| {norm} | 1 |")]
-        assert len(rows) == 2, report  # a row in each mean ± std table (model, quantization)
+        assert len(rows) == 3, report  # a row in each mean ± std table (model, quantization, attention sinks)
         assert rows[1].split(" | ")[-1].strip(" |").split(" ± ")[0] in ("8", "6", "5", "4", "–")  # min act. bits
         assert "| – ±" not in rows[0] and "| nan ±" not in rows[0]  # the study's model_stats filled the columns
         assert f"[{norm}-s0" in out  # its progress lines
@@ -157,8 +157,8 @@ def test_gates_and_optimizers_train_each_variant_and_compare_it_with_its_own_opt
         ppl[name] = [json.loads((runs / f"{name}-s{seed}" / "eval.json").read_text())["val_ppl"] for seed in (0, 1)]
 
     report = (tmp_path / "variants" / "report.md").read_text()
-    for name in variants:  # a row per variant in both mean ± std tables
-        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 2, name
+    for name in variants:  # a row per variant in each mean ± std table (model, quantization, attention sinks)
+        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 3, name
 
     def expect(a, b):
         result = scipy.stats.ttest_ind(ppl[a], ppl[b], equal_var=False)
