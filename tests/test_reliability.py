@@ -722,7 +722,7 @@ BAD_INPUTS = [
      None, {}),
     ("unknown-attn_norm", "train", ["--attn_norm=sparsemax"], ["unknown attn_norm 'sparsemax'", "softmax1"], None, {}),
     ("unknown-attn_impl", "train", ["--attn_impl=turbo"], ["unknown attn_impl 'turbo'", "reference"], None, {}),
-    ("fused-unavailable", "train", [f"--attn_norm={_FUSED_NORM}", "--attn_impl=fused", "--dropout=0.1"],
+    ("fused-unavailable", "train", [f"--attn_norm={_FUSED_NORM}", "--attn_impl=fused", "--attn_dropout=0.1"],
      ["attn_impl=fused cannot run", "attn_impl=auto"], None, {"skip": _FUSED_NORM is None}),
     ("zero-lr", "train", ["--learning_rate=0"], ["learning_rate must be > 0"], None, {}),
     ("negative-lr", "train", ["--learning_rate=-0.001"], ["learning_rate must be > 0"], None, {}),
