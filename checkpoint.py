@@ -1,7 +1,7 @@
 """
 Checkpoints that survive kills and never run code on load.
 
-Saving writes a temp file, fsyncs it and renames it over out_dir/ckpt.pt, so a process killed at any moment
+One process trains in an out_dir at a time (lock_dir). Saving writes a temp file, fsyncs it and renames it over out_dir/ckpt.pt, so a process killed at any moment
 leaves either the old or the new checkpoint, never a torn one. With keep_last > 1 the previous ones are kept
 as ckpt-<iter>.pt. A save that runs out of disk space removes its temp file, leaves the previous checkpoint as it
 was and says how much space it needed. Loading always uses torch.load(weights_only=True): a checkpoint is plain
@@ -9,7 +9,9 @@ tensors and plain Python types, and a pickle that would run code is refused; a f
 (a text file, some other zip or binary file) is called that.
 """
 
+import contextlib
 import errno
+import fcntl
 import io
 import os
 import pickletools
@@ -85,6 +87,27 @@ def _is_disk_full(err, out_dir, tmp, needed):
     except OSError:
         return False
     return free < (needed - written) * 1.01 + 2**20  # what was still to be written did not fit
+
+
+@contextlib.contextmanager
+def lock_dir(directory, busy="another training (pid {pid}) is using out_dir {directory}: wait for it to end, or "
+                             "give this run another --out_dir"):
+    """Hold directory/.lock (an flock, which the kernel drops when the process dies, however it dies) for the block:
+    a second process asking for it gets a CheckpointError, busy with the pid that holds it (one training per
+    out_dir, one study per study directory)."""
+    path = Path(directory) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CheckpointError(busy.format(pid=holder, directory=directory)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(state, out_dir, keep_last=1):
@@ -222,17 +245,21 @@ def _torch_load(path, mmap=False, map_location="cpu"):
 
 def _checkpoint_path(path):
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.suffix != ".pt":  # a run's out_dir
         path = path / CKPT_NAME
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: move it out of the way (train.py "
+                              f"writes {CKPT_NAME} as a file), or use another out_dir")
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: train one first, or point to the run's out_dir")
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint safely; every failure is a CheckpointError that says what to do."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load a checkpoint safely; every failure is a CheckpointError that says what to do. mmap: the tensors are
+    memory-mapped, not read (cheap, for the settings alone)."""
     path = _checkpoint_path(path)
-    ckpt = _torch_load(path, map_location=map_location)
+    ckpt = _torch_load(path, map_location=map_location, mmap=mmap)
     missing = {"model", "model_args", "config", "iter_num"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
     if missing:
         raise CheckpointError(f"{path} is not an attnorm checkpoint (missing {sorted(missing)})")
@@ -256,4 +283,9 @@ def load_model(out_dir, device="cpu"):
     # attn_impl="fused" may name a GPU kernel; "auto" computes the same function on whatever device this is.
     model = GPT(GPTConfig(**{**ckpt["model_args"], "attn_impl": "auto"}))
     model.load_state_dict(ckpt.pop("model"))
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # train.py never saves such weights; a model of NaNs would sample garbage and score NaN
+        raise CheckpointError(f"{_checkpoint_path(out_dir)} holds weights that are not finite (NaN/Inf in "
+                              f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}): use an earlier checkpoint "
+                              f"(ckpt-<iter>.pt, kept with keep_checkpoints > 1) or train again")
     return model.to(device), ckpt

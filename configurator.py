@@ -47,6 +47,9 @@ def set_key(cfg, key, value, source):
     if key in derived:
         raise ConfigError(f"{key} cannot be set ({source}): {derived[key]}")
     if key not in fields:
+        for prefix, hint in getattr(cfg, "UNKNOWN_KEY_HINTS", {}).items():  # a key of another program's configs
+            if key.startswith(prefix) and source != "the command line":
+                raise ConfigError(f"unknown config key {key!r} in {source}: " + hint.format(source=source))
         close = difflib.get_close_matches(key, [f for f in fields if f not in derived], n=1)
         raise ConfigError(f"unknown config key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
     expected = fields[key]
@@ -73,12 +76,13 @@ def exec_config_file(path):
     scope = {}
     try:
         exec(compile(Path(path).read_text(), path, "exec"), scope)
-    except Exception as e:  # a typo in a config file: name the file and line, not a traceback
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # a typo, or sys.exit(): name the file and line
         lines = [e.lineno] if isinstance(e, SyntaxError) else [
             f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
-        raise ConfigError(f"config file {path}" + (f", line {lines[-1]}" if lines else "") + f": "
-                          f"{type(e).__name__}: {e}. Config files hold plain assignments such as "
-                          f"n_layer = 6") from None
+        what = {SystemExit: f"it calls sys.exit({e})", KeyboardInterrupt: "KeyboardInterrupt (a raise, or Ctrl-C)"
+                }.get(type(e), f"{type(e).__name__}: {e}")
+        raise ConfigError(f"config file {path}" + (f", line {lines[-1]}" if lines else "") + f": {what}. Config "
+                          f"files hold plain assignments such as n_layer = 6") from None
     return {k: v for k, v in scope.items()
             if not k.startswith("_") and not callable(v) and type(v).__name__ != "module"}
 

@@ -30,7 +30,8 @@ class GPTConfig:
     n_layer: int = 12  # transformer blocks
     n_head: int = 12  # attention heads per block
     n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # dropout of attention weights, residual branches and embeddings
+    dropout: float = 0.0  # dropout of residual branches and embeddings, and of attention weights unless attn_dropout
+    attn_dropout: float = None  # dropout of attention weights; None: dropout's. Only softmax's fused path has it
     bias: bool = False  # biases in Linears and LayerNorms; GPT-2 has them, without is a bit better and faster
     attn_norm: str = "softmax"  # a name in normalizers.NORMALIZERS
     attn_impl: str = "auto"  # auto | fused | reference (normalizers/__init__.py)
@@ -60,8 +61,9 @@ class GPTConfig:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "attn_dropout"):
+            if getattr(self, key) is not None and not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
         for key, valid in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key} must be one of {', '.join(valid)}, got {getattr(self, key)!r}")
@@ -71,6 +73,11 @@ class GPTConfig:
             raise ValueError(f"pos_emb='rope' turns pairs of a head's channels, so the head width n_embd/n_head must be "
                              f"even (got {self.n_embd}/{self.n_head} = {self.n_embd // self.n_head})")
         normalizers.check_config(self)
+
+    @property
+    def attention_dropout(self):
+        """The dropout probability of the attention weights in training."""
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
 
 class LayerNorm(nn.Module):
@@ -128,7 +135,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_sizes), bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.attention_dropout
         self.attn_norm, self.attn_impl = config.attn_norm, config.attn_impl
         self.normalizer.add_parameters(self, config, layer_idx)  # η, λ, sink logits, ... (after c_attn, c_proj)
         self.gate = normalizers.gates.get(config.attn_gate)  # last: ungated models initialise as they always did
@@ -355,10 +362,11 @@ class GPT(nn.Module):
         attn = 12 * L * H * Q * T * normalizers.get(cfg.attn_norm).attn_flops
         return 6 * self.get_num_params() + attn
 
-    def estimate_mfu(self, tokens_per_iter, dt, device_name):
-        """Model FLOPs utilization: achieved FLOP/s over the device's peak bf16; None if the peak is unknown."""
+    def estimate_mfu(self, tokens_per_iter, dt, device_name, world_size=1):
+        """Model FLOPs utilization: the FLOP/s achieved on tokens_per_iter tokens per dt seconds by world_size
+        devices, over their peak bf16; None if the peak is unknown."""
         peak = peak_flops(device_name)
-        return None if peak is None else self.flops_per_token() * tokens_per_iter / dt / peak
+        return None if peak is None else self.flops_per_token() * tokens_per_iter / dt / (world_size * peak)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_size=None):

@@ -5,6 +5,8 @@ Prepare a dataset for train.py: flat binary token files plus a meta.json.
     python prepare_data.py shakespeare            # GPT-2 BPE Tiny Shakespeare, from the bundled data/raw (offline)
     python prepare_data.py openwebtext            # GPT-2 BPE OpenWebText via Hugging Face datasets (~54 GB cache)
     python prepare_data.py --text a.jsonl b.jsonl --name mycorpus [--tokenizer gpt2|char]
+    python prepare_data.py bb [--triggers 3] [--seq_len 256] [--sequences 20000]   # Bigram-Backcopy (offline)
+    python prepare_data.py shakespeare_char --bos  # any dataset with a BOS token before every document
 
 Writes <out_dir>/<name>/train.bin and val.bin (token ids back to back; uint16, or uint32 if the vocab
 has more than 65535 entries; train.py memmaps them) and meta.json (tokenizer, vocab_size, dtype, token
@@ -19,14 +21,24 @@ train/val (--val_fraction, --seed) and each is followed by <|endoftext|>; the ch
 token and puts a blank line between documents instead. The files are checked before anything is built: a byte
 that is not UTF-8, a line that is not JSON, a record without a string "text" is reported with its file and line.
 
+bb is the synthetic Bigram-Backcopy task (bigram_backcopy.py), fixed-length sequences that each start with BOS,
+built from Tiny Shakespeare's statistics. --bos puts a BOS token before every document of any other dataset (Tiny
+Shakespeare: every blank-line separated paragraph, a speaker's turn), written to <name>_bos: the GPT-2 tokenizer's
+<|endoftext|> then starts each document instead of ending it, the char tokenizer gets bigram_backcopy.BOS_CHAR.
+meta.json names bos_id; train.py then starts every window at a BOS (window_start). bb's meta.json also names the
+triggers, says that its windows must start at a BOS (bos_required) and holds the Bayes-optimal loss at every
+position (bayes_loss_by_position).
+
 Ctrl-C stops with one line saying what was kept (exit status 130). Leftover <name>.tmp-<pid>/ directories of
 killed runs are deleted by the next run. load_prepared() is the one check of a prepared dataset (train.py's).
 """
 import argparse
 import codecs
 import contextlib
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -36,14 +48,23 @@ from pathlib import Path
 
 import numpy as np
 
+from bigram_backcopy import BOS_CHAR, BigramBackcopy
+from provenance import data_fingerprint, describe_difference
+
 RAW_DIR = Path(__file__).resolve().parent / "data" / "raw"
 SHAKESPEARE_TXT = RAW_DIR / "tinyshakespeare.txt"
 GPT2_RANKS = RAW_DIR / "gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # data/raw/README.md
 EOT = 50256  # <|endoftext|>
 
-OFFLINE_DATASETS = ("shakespeare_char", "shakespeare")  # built from data/raw, no network needed
-DATASETS = OFFLINE_DATASETS + ("openwebtext",)
+BOS_SUFFIX = "_bos"  # <dataset>_bos: the dataset with a BOS token before every document (--bos)
+# built from data/raw, no network needed
+OFFLINE_DATASETS = ("shakespeare_char", "shakespeare", "bb",
+                    "shakespeare_char" + BOS_SUFFIX, "shakespeare" + BOS_SUFFIX)
+DATASETS = OFFLINE_DATASETS + ("openwebtext", "openwebtext" + BOS_SUFFIX)
+BB_DEFAULTS = {"triggers": 3, "seq_len": 256, "sequences": 20000}  # bb's own options (prepare's bb=)
+BB_HELP = {"triggers": "how many of the most frequent characters are triggers", "seq_len": "tokens after BOS in each "
+           "sequence", "sequences": "train sequences (val: --val_fraction of this many more)"}
 TEXT_LOADERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets builders
 
 
@@ -115,10 +136,34 @@ def tokenizer_identity(meta):
     raise ValueError(f"unknown tokenizer {meta.get('tokenizer')!r} in meta.json (expected 'char' or 'gpt2')")
 
 
-def _tokenizer_meta(tokenizer, chars=None):
+def check_same_data(saved_meta, meta, data_dir, fix):
+    """Refuse (ValueError) to score or resume a model trained on the data described by saved_meta (a checkpoint's
+    "meta") with the data in data_dir (its meta.json: meta): another tokenizer, or the same one with other data
+    (data_dir prepared again with other settings or files). fix: what the caller suggests for the second case.
+    A checkpoint written before fingerprints existed is checked for its tokenizer only."""
+    if tokenizer_identity(saved_meta) != tokenizer_identity(meta):
+        raise ValueError(f"{data_dir} has another tokenizer ({_describe_tokenizer(meta)}) than the checkpoint was "
+                         f"trained with ({_describe_tokenizer(saved_meta)}): its token ids mean other things here; "
+                         f"point at the run's own dataset")
+    saved, now = saved_meta.get("fingerprint"), meta.get("fingerprint")
+    if saved and saved != now:
+        raise ValueError(f"{data_dir} holds other data (fingerprint {now}) than the checkpoint was trained on "
+                         f"(fingerprint {saved}): it was prepared again with other settings or files since. {fix}")
+
+
+def _describe_tokenizer(meta):
+    if meta.get("tokenizer") == "char":
+        chars = meta["chars"]
+        return f"char, {len(chars)} characters {chars[:20]!r}" + ("…" if len(chars) > 20 else "")
+    return str(meta.get("tokenizer"))
+
+
+def _tokenizer_meta(tokenizer, chars=None, bos=False):
     if tokenizer == "char":
-        return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
-    return {"tokenizer": "gpt2", "vocab_size": gpt2_encoding().n_vocab}  # the model pads this to 50304 itself
+        meta = {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+        return meta | ({"bos_id": chars.index(BOS_CHAR)} if bos else {})
+    meta = {"tokenizer": "gpt2", "vocab_size": gpt2_encoding().n_vocab}  # the model pads this to 50304 itself
+    return meta | ({"bos_id": EOT} if bos else {})
 
 
 def _dtype(vocab_size):
@@ -128,21 +173,58 @@ def _dtype(vocab_size):
 # -----------------------------------------------------------------------------
 # builders: each writes train.bin and val.bin into tmp and returns the meta
 
-def _build_shakespeare(tmp, tokenizer, val_fraction):
-    """nanoGPT's Tiny Shakespeare recipe: the first 90% of the characters train, the rest val."""
+def _shakespeare_text():
     if not SHAKESPEARE_TXT.exists():
         raise FileNotFoundError(f"{SHAKESPEARE_TXT} is missing: restore it from git (see data/raw/README.md)")
     text = SHAKESPEARE_TXT.read_text(encoding="utf-8")
     if not text:
         raise ValueError(f"{SHAKESPEARE_TXT} is empty")
+    return text
+
+
+def _build_shakespeare(tmp, tokenizer, val_fraction, bos):
+    """nanoGPT's Tiny Shakespeare recipe: the first 90% of the characters train, the rest val. With bos, a BOS
+    token starts every paragraph, and the split falls on the paragraph boundary nearest that point."""
+    text = _shakespeare_text()
     n = int(len(text) * (1 - val_fraction))
-    meta = _tokenizer_meta(tokenizer, "".join(sorted(set(text))))
-    stoi = _stoi(meta["chars"]) if tokenizer == "char" else None
+    chars = "".join(sorted(set(text) | ({BOS_CHAR} if bos else set())))
+    meta = _tokenizer_meta(tokenizer, chars, bos)
+    if bos:
+        n = text.rfind("\n\n", 0, n) + 2 if text.rfind("\n\n", 0, n) >= 0 else n
     for split, part in (("train", text[:n]), ("val", text[n:])):
-        ids = [stoi[c] for c in part] if stoi else gpt2_encoding().encode_ordinary(part)
+        docs = [p + "\n\n" for p in part.removesuffix("\n\n").split("\n\n")] if bos else [part]
+        ids = [i for doc in docs for i in _encode_document(doc, tokenizer, chars, bos)]
         np.array(ids, dtype=_dtype(meta["vocab_size"])).tofile(tmp / f"{split}.bin")
         meta[f"{split}_tokens"] = len(ids)
     meta["source"] = f"{SHAKESPEARE_TXT.name} (karpathy/char-rnn), first {1 - val_fraction:.0%} of characters train"
+    meta["source"] += "; BOS before every paragraph" if bos else ""
+    return meta
+
+
+def _encode_document(text, tokenizer, chars, bos):
+    """A document's ids, with a BOS first if bos (GPT-2's is <|endoftext|>)."""
+    if tokenizer == "char":
+        stoi = _stoi(chars)
+        return [stoi[c] for c in (BOS_CHAR if bos else "") + text]
+    return [EOT] * bos + gpt2_encoding().encode_ordinary(text)
+
+
+def _build_bigram_backcopy(tmp, bb):
+    """The Bigram-Backcopy task (bigram_backcopy.py): sequences of BOS + seq_len tokens, back to back."""
+    triggers, seq_len, sequences, seed = bb["triggers"], bb["seq_len"], bb["sequences"], bb["seed"]
+    task = BigramBackcopy(_shakespeare_text(), triggers)
+    meta = _tokenizer_meta("char", task.chars, bos=True)
+    n_val = max(1, round(sequences * bb["val_fraction"]))
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", sequences), ("val", n_val)):
+        x = task.sample(n, seq_len, rng)
+        x.astype(_dtype(meta["vocab_size"])).tofile(tmp / f"{split}.bin")
+        meta[f"{split}_tokens"] = x.size
+    meta |= {"build": bb, "bos_required": True, "sequence_length": seq_len + 1, "triggers": task.triggers,
+             "bayes_loss_by_position": task.bayes_loss_by_position(seq_len).tolist()}
+    meta["source"] = (f"Bigram-Backcopy (Guo et al. 2024) on {SHAKESPEARE_TXT.name}'s bigrams: {triggers} triggers "
+                      f"{[task.chars[i] for i in task.triggers]}, {sequences} train and {n_val} val sequences of "
+                      f"BOS + {seq_len} tokens, seed {seed}")
     return meta
 
 
@@ -241,13 +323,28 @@ def _check_parquet(path):
     if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
         raise ValueError(f"{path}: the 'text' column holds {kind}, not strings: the documents must be in a string "
                          "column named text")
+    rows = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+        column = batch.column(0)
+        if column.null_count:
+            row = rows + column.is_null().to_pylist().index(True) + 1
+            raise ValueError(f'{path}, row {row}: "text" is null, not a string: drop the rows without text (e.g. '
+                             "df.dropna(subset=['text']) in pandas) or give them text")
+        rows += len(column)
+
+
+def _check_txt(path):
+    _check_utf8(path)
+    with open(path, encoding="utf-8-sig") as f:
+        if not any(line.strip() for line in f):
+            raise ValueError(f"{path} holds only blank lines: there is no text in it")
 
 
 def check_text_files(files):
     """Raise ValueError (file, line and what to fix) for the first input file datasets could not read as documents."""
     for f in files:
         if f.suffix == ".txt":
-            _check_utf8(f)
+            _check_txt(f)
         elif f.suffix in (".json", ".jsonl"):
             _check_json(f)
         elif f.suffix == ".parquet":
@@ -282,13 +379,13 @@ def _load_documents(files, num_proc):
     return ds.select_columns(["text"])
 
 
-def _tokenize(doc, chars=None):
-    """One document -> ids plus a separator (nanoGPT: ids.append(enc.eot_token))."""
+def _tokenize(doc, chars=None, bos=False):
+    """One document -> ids plus a separator (nanoGPT: ids.append(enc.eot_token)); with bos, a BOS first instead
+    (GPT-2's <|endoftext|> starts the document rather than ending it)."""
     if chars is None:  # encode_ordinary: a literal "<|endoftext|>" in web text is just text
-        ids = gpt2_encoding().encode_ordinary(doc["text"]) + [EOT]
+        ids = _encode_document(doc["text"], "gpt2", None, bos) + [EOT] * (not bos)
     else:
-        stoi = _stoi(chars)
-        ids = [stoi[c] for c in doc["text"] + "\n\n"]
+        ids = _encode_document(doc["text"] + "\n\n", "char", chars, bos)
     return {"ids": ids, "len": len(ids)}
 
 
@@ -308,7 +405,7 @@ def _write_bin(dset, path, dtype):
     return n
 
 
-def _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc):
+def _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc, bos):
     ds = _load_documents(files, num_proc)
     if len(ds) < 2:
         raise ValueError(f"found {len(ds)} document(s) in {', '.join(map(str, files or ['openwebtext']))}: "
@@ -318,16 +415,20 @@ def _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc):
         vocab = {"\n"}
         for batch in ds.iter(batch_size=1000):
             vocab.update(*batch["text"])
-        chars = "".join(sorted(vocab))
-    meta = _tokenizer_meta(tokenizer, chars)
+        if bos and BOS_CHAR in vocab:
+            raise ValueError(f"the documents contain {BOS_CHAR!r}, the char tokenizer's BOS: remove it, or use "
+                             "--tokenizer gpt2")
+        chars = "".join(sorted(vocab | ({BOS_CHAR} if bos else set())))
+    meta = _tokenizer_meta(tokenizer, chars, bos)
     split = ds.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
     split["val"] = split.pop("test")
     for name, dset in split.items():
-        tokenized = dset.map(_tokenize, fn_kwargs={"chars": chars}, remove_columns=["text"],
+        tokenized = dset.map(_tokenize, fn_kwargs={"chars": chars, "bos": bos}, remove_columns=["text"],
                              desc=f"tokenizing {name}", num_proc=num_proc)
         meta[f"{name}_tokens"] = _write_bin(tokenized, tmp / f"{name}.bin", _dtype(meta["vocab_size"]))
     meta["source"] = ", ".join(map(str, files)) if files else "openwebtext (Hugging Face datasets)"
     meta["source"] += f"; documents shuffled (seed {seed}), {val_fraction:g} of them val"
+    meta["source"] += "; BOS before every document" if bos else ""
     return meta
 
 
@@ -342,13 +443,21 @@ def load_prepared(data_dir, block_size=None):
     if not (data_dir / "meta.json").exists():
         raise DataError(f"dataset {name!r} is not prepared (no {data_dir}/meta.json): run "
                         f"python prepare_data.py {name}")
-    redo = f"re-run python prepare_data.py {name} --force"
+    meta = None
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
+        redo = f"re-run {rebuild_command(data_dir, meta)}"
         dtype = np.dtype(meta["dtype"])
         vocab_size, counts = meta["vocab_size"], {s: meta[f"{s}_tokens"] for s in ("train", "val")}
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): {redo}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{data_dir}/meta.json is damaged ({type(e).__name__}: {e}): re-run "
+                        f"{rebuild_command(data_dir, meta)}") from None
+    if meta.get("tokenizer") not in ("char", "gpt2"):
+        raise DataError(f"{data_dir}/meta.json names tokenizer {meta.get('tokenizer')!r}, which is not one of char, "
+                        f"gpt2: {redo}")
+    if meta["tokenizer"] == "gpt2" and vocab_size != EOT + 1:
+        raise DataError(f"{data_dir}/meta.json names tokenizer 'gpt2' (vocab {EOT + 1}) but vocab_size {vocab_size!r}"
+                        f": the data was not tokenized with GPT-2 BPE, {redo}")
     if any(type(n) is not int or n < 0 for n in counts.values()):
         raise DataError(f"{data_dir}/meta.json: token counts {counts} are not counts: {redo}")
     if dtype.kind != "u" or type(vocab_size) is not int or not 0 < vocab_size <= np.iinfo(dtype).max + 1:
@@ -374,7 +483,62 @@ def load_prepared(data_dir, block_size=None):
         if int(data[split][: 100_000_000].max()) >= vocab_size:
             raise DataError(f"{path} holds token ids >= vocab_size {vocab_size} (meta.json): the data does not "
                             f"match its meta.json, {redo}")
+    if "fingerprint" not in meta:  # prepared before fingerprints: computed once, kept in meta.json if writable
+        meta["fingerprint"] = data_fingerprint(data_dir, tokenizer_identity(meta))
+        _write_json_atomically(data_dir / "meta.json", meta)
     return data, meta
+
+
+def _write_json_atomically(path, obj):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        fsync(tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only dataset: the fingerprint is computed again on the next load
+        tmp.unlink(missing_ok=True)
+
+
+def rebuild_command(data_dir, meta=None):
+    """The command that rebuilds data_dir (with --force) from what its meta.json records of how prepare() built it:
+    the files, tokenizer, val_fraction and seed. Without that record (data prepared before it was kept, or a
+    meta.json that cannot be read) the command of a built-in dataset, or a template for --text."""
+    data_dir = Path(data_dir)
+    made = meta.get("prepared_with") if isinstance(meta, dict) else None
+    out = [] if data_dir.parent == Path("data") else ["--out_dir", str(data_dir.parent)]
+    if isinstance(made, dict) and made.get("text"):
+        args = ["--text", *made["text"], "--name", data_dir.name, "--tokenizer", made["tokenizer"]] + (
+            ["--bos"] if made.get("bos") else [])
+    elif data_dir.name in DATASETS:
+        args = [data_dir.name]
+    else:
+        return shlex.join(["python", "prepare_data.py", "--text", "FILE", "...", "--name", data_dir.name, *out,
+                           "--force"]) + " (with the files it was built from)"
+    if isinstance(made, dict) and "val_fraction" in made:
+        bb = made.get("bb") or {}
+        seed = made["seed"] if made.get("seed") is not None else bb.get("seed")
+        args += ["--val_fraction", str(made["val_fraction"])] + (["--seed", str(seed)] if seed is not None else [])
+        args += [arg for key in BB_DEFAULTS if key in bb for arg in (f"--{key}", str(bb[key]))]
+    return shlex.join(["python", "prepare_data.py", *args, *out, "--force"])
+
+
+def window_start(setting, meta):
+    """Where a run's windows start, "bos" or "random", from its window_start setting (auto: bos where the data's
+    meta.json names a bos_id; older runs have no setting: None is random) and the dataset's meta."""
+    if setting == "auto":
+        return "bos" if "bos_id" in meta else "random"
+    return setting or "random"
+
+
+def bos_starts(tokens, bos_id, block_size):
+    """The positions of tokens that hold bos_id and start a whole window (block_size + 1 tokens), found a chunk at a
+    time (a memmap of billions of tokens is never compared at once)."""
+    chunk, found = 1 << 26, []
+    last = len(tokens) - block_size - 1  # the last position a window can start at
+    for begin in range(0, max(last + 1, 0), chunk):
+        part = np.asarray(tokens[begin:min(begin + chunk, last + 1)])
+        found.append(np.flatnonzero(part == bos_id) + begin)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def is_prepared(data_dir):
@@ -443,13 +607,22 @@ def _deferred_interrupt():
 
 
 def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, val_fraction=None,
-            seed=2357, num_proc=None):
-    """Build <out_dir>/<name>/ (a DATASETS name, or any name with files=[...]) and return its path."""
+            seed=2357, num_proc=None, bos=False, bb=None):
+    """Build <out_dir>/<name>/ (a DATASETS name, or any name with files=[...]) and return its path. bos: a BOS before
+    every document (a DATASETS name becomes <name>_bos); bb: bb's options, {key: value} of BB_DEFAULTS' keys."""
+    if name == "bb" and files is None and (bos or tokenizer == "gpt2"):
+        raise ValueError("bb has its own character vocabulary and a BOS already: drop --bos and --tokenizer")
+    if bos and files is None and not name.endswith(BOS_SUFFIX):
+        name += BOS_SUFFIX
+    bos = bos or (files is None and name.endswith(BOS_SUFFIX))
     if files is None and name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
                          "or prepare local files with --text FILE [FILE ...] --name NAME")
-    if not name or Path(name).name != name:
-        raise ValueError(f"dataset name {name!r} must be a plain directory name")
+    if not name or Path(name).name != name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"dataset name {name!r} must be a plain directory name (not starting with '.'), e.g. "
+                         "--name mycorpus")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed={seed} is out of range: the shuffle seed must be in [0, 2**32)")
     if files is not None:
         files = [Path(f) for f in files]
         for f in files:
@@ -461,29 +634,65 @@ def prepare(name, out_dir="data", force=False, *, files=None, tokenizer=None, va
                 raise ValueError(f"{f} is empty")
         if len({TEXT_LOADERS[f.suffix] for f in files}) > 1:
             raise ValueError("--text files must all be of one kind: .txt, .json/.jsonl or .parquet")
+        check_distinct(files)
     if tokenizer is None:
-        tokenizer = "char" if name == "shakespeare_char" and files is None else "gpt2"
+        tokenizer = "char" if name.removesuffix(BOS_SUFFIX) in ("shakespeare_char", "bb") and files is None else "gpt2"
     if val_fraction is None:
-        val_fraction = 0.0005 if name == "openwebtext" and files is None else 0.1
+        val_fraction = 0.0005 if name.startswith("openwebtext") and files is None else 0.1
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     num_proc = num_proc or min(8, os.cpu_count() or 1)
+    if bb and name != "bb":
+        raise ValueError(f"--{', --'.join(bb)} only apply to the bb dataset")
+    if name == "bb":
+        bb = BB_DEFAULTS | (bb or {})
+        for key, value in bb.items():
+            if type(value) is not int or value < (2 if key == "seq_len" else 1):
+                raise ValueError(f"--{key} must be an integer >= {2 if key == 'seq_len' else 1}, got {value}")
+        bb |= {"seed": seed, "val_fraction": val_fraction}
 
     final = Path(out_dir) / name
     try:
-        return _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc)
+        return _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc, bos, bb)
     except Interrupted:
         raise
     except KeyboardInterrupt:  # before anything was built
         raise Interrupted(f"interrupted; nothing was written to {final}: run the command again") from None
 
 
-def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
+def check_distinct(files):
+    """A file given twice (under any path, or a copy) would put each of its val documents into train too."""
+    seen = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        if digest in seen:
+            same = "is the same file as" if os.path.samefile(f, seen[digest]) else "has the same contents as"
+            raise ValueError(f"{f} {same} {seen[digest]}: a document in both would be in train and in val; give "
+                             "each file once")
+        seen[digest] = f
+
+
+def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc, bos, bb):
     name = final.name
     if final.parent.is_dir():
         _clean_stale(final)
     had_data = is_prepared(final)
+    # what prepared_with records: what the data is a function of (the built-in texts are not shuffled: no seed)
+    asked = {"text": [str(f.resolve()) for f in files] if files else None, "tokenizer": tokenizer,
+             "val_fraction": val_fraction, "seed": None if files is None and name in OFFLINE_DATASETS else seed,
+             "bos": bos, "bb": bb}
     if had_data and not force:
+        built = load_meta(final).get("build", {})
+        if bb is not None and built != bb:
+            differ = ", ".join(f"{k}={built.get(k)}" for k in bb if built.get(k) != bb[k])
+            raise ValueError(f"{final} was built with {differ}: rebuild it with --force (runs trained on the old data "
+                             f"cannot be resumed on the new), or use --out_dir elsewhere")
+        made = json.loads((final / "meta.json").read_text()).get("prepared_with")
+        if made and made != asked:
+            raise ValueError(f"{final} was prepared with other settings ({describe_difference(made, asked)}): add "
+                             "--force to rebuild it (runs trained on the old data will refuse the new), or use "
+                             "another --name")
         print(f"already prepared: {final} (use --force to rebuild)")
         return final
     if files is not None:
@@ -492,11 +701,15 @@ def _prepare(final, force, files, tokenizer, val_fraction, seed, num_proc):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if files is None and name in OFFLINE_DATASETS:
-            meta = _build_shakespeare(tmp, tokenizer, val_fraction)
+        if name == "bb":
+            meta = _build_bigram_backcopy(tmp, bb)
+        elif files is None and name in OFFLINE_DATASETS:
+            meta = _build_shakespeare(tmp, tokenizer, val_fraction, bos)
         else:
-            meta = _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc)
+            meta = _build_documents(tmp, files, tokenizer, val_fraction, seed, num_proc, bos)
         meta["dtype"] = np.dtype(_dtype(meta["vocab_size"])).name
+        meta["prepared_with"] = asked
+        meta["fingerprint"] = data_fingerprint(tmp, tokenizer_identity(meta))
         for path in tmp.iterdir():  # on disk before meta.json can say they are complete (_clean_stale trusts it)
             fsync(path)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: it marks the dir complete
@@ -537,7 +750,10 @@ def main(argv=None):
     p.add_argument("--num_proc", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--val_fraction", type=float,
                    help="default 0.1 (shakespeare, --text; documents for --text), 0.0005 (openwebtext)")
-    p.add_argument("--seed", type=int, default=2357, help="train/val shuffle seed for document datasets")
+    p.add_argument("--seed", type=int, default=2357, help="train/val shuffle seed for document datasets; bb's sampling")
+    p.add_argument("--bos", action="store_true", help="a BOS token before every document (written to <name>_bos)")
+    for key, default in BB_DEFAULTS.items():
+        p.add_argument(f"--{key}", type=int, help=f"bb only: {BB_HELP[key]} (default {default})")
     args = p.parse_args(argv)
     if args.text:
         if args.dataset or not args.name:
@@ -548,7 +764,8 @@ def main(argv=None):
         p.error("--name and --tokenizer are only for --text")
     try:
         prepare(args.name or args.dataset, args.out_dir, args.force, files=args.text, tokenizer=args.tokenizer,
-                val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc)
+                val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc, bos=args.bos,
+                bb={k: getattr(args, k) for k in BB_DEFAULTS if getattr(args, k) is not None} or None)
     except PREPARE_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:

@@ -16,6 +16,21 @@ if [ $# -lt 1 ] || [ ! -f "$1" ]; then
     exit 2
 fi
 
+# The environment settings, checked before anything starts: torchrun would hang waiting for a node that cannot come.
+need_int() {  # NAME VALUE MIN MAX WHAT: VALUE is an integer in [MIN, MAX] (no MAX: "")
+    if ! [[ "$2" =~ ^[0-9]{1,9}$ ]] || (( 10#$2 < $3 )) || { [ -n "$4" ] && (( 10#$2 > $4 )); }; then
+        echo "error: $1=$2 must be an integer >= $3${4:+ and <= $4}: $5" >&2
+        exit 2
+    fi
+}
+[ -z "${NPROC:-}" ] || need_int NPROC "$NPROC" 1 "" "the number of processes per node (default: one per GPU)"
+need_int NNODES "${NNODES:-1}" 1 "" "the number of nodes (default 1)"
+need_int MAX_RESTARTS "${MAX_RESTARTS:-3}" 0 "" "how often torchrun restarts a failed group (default 3)"
+need_int MASTER_PORT "${MASTER_PORT:-29500}" 1 65535 "a TCP port free on the MASTER_ADDR node (default 29500)"
+if [ "${NNODES:-1}" -gt 1 ]; then
+    need_int NODE_RANK "${NODE_RANK:-}" 0 "$(( NNODES - 1 ))" "this node's rank, 0 to NNODES-1 (set it on every node)"
+fi
+
 # The dataset as train.py will resolve it; prepare it first when it can be prepared offline.
 # A bad config or override stops here with train.py's one-line error. The same call counts the GPUs.
 resolved=$(python -c '

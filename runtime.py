@@ -64,13 +64,42 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def native_bf16():
+    """Whether the current CUDA GPU computes bf16 natively (sm_80 and newer): torch.cuda.is_bf16_supported() alone
+    also counts emulation (T4, V100), where bf16 is slow and aten's flash attention does not run."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def setup_distributed(device):
     """Under torchrun (RANK set): join the process group, one GPU per process (NCCL) or gloo on CPU; the device
-    this process uses. Otherwise a single process on device."""
+    this process uses. Otherwise a single process on device. A CUDA device becomes the current one, so that
+    Triton launches, the CUDA RNG and synchronize act on it (cuda:1 would otherwise leave them on GPU 0)."""
     if int(os.environ.get("RANK", -1)) == -1:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
         return Distributed(False, 0, 1, device)
     if device.startswith("cuda"):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return Distributed(True, dist.get_rank(), dist.get_world_size(), device)
+
+
+def check_device(device):
+    """device as torch names it, or a ValueError that says which devices this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device={device}: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device={device} but no CUDA GPU is visible: use --device=cpu "
+                             "(or check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device={device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible: "
+                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={device} but MPS (Apple GPU) is not available here: use --device=cpu")
+    return device

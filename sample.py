@@ -15,6 +15,10 @@ from pathlib import Path
 import torch
 
 from checkpoint import CheckpointError, load_model
+from runtime import check_device
+
+# Logits of a trained model are below ~1e3 in magnitude: divided by this they stay far from float32's 3.4e38.
+MIN_TEMPERATURE = 1e-30
 from prepare_data import load_tokenizer
 
 
@@ -28,26 +32,6 @@ def read_prompt(start):
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"--start={start}: {path} is not UTF-8 text") from None
-
-
-def check_device(device):
-    """device as torch names it, or a ValueError that says which devices this machine has."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device={device}: use cpu, cuda, cuda:N or mps")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device={device} but no CUDA GPU is visible: use --device=cpu "
-                             "(or check nvidia-smi and CUDA_VISIBLE_DEVICES)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device={device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible: "
-                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device={device} but MPS (Apple GPU) is not available here: use --device=cpu")
-    return device
 
 
 def main(argv=None):
@@ -67,6 +51,12 @@ def main(argv=None):
     if not math.isfinite(args.temperature) or args.temperature <= 0:
         raise ValueError(f"--temperature={args.temperature}: the temperature must be a finite number > 0 "
                          "(1 samples the model's own distribution; e.g. --temperature=0.8)")
+    if args.temperature < MIN_TEMPERATURE:
+        raise ValueError(f"--temperature={args.temperature} is too small: the logits divided by it overflow float32 "
+                         f"(NaN probabilities); use at least {MIN_TEMPERATURE:g}, or --top_k=1 for the most likely "
+                         "token")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed={args.seed} is out of range: it must be in [0, 2**63)")
     check_device(args.device)
 
     model, ckpt = load_model(args.out_dir, args.device)

@@ -29,10 +29,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import normalizers
 import runtime
-from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, save_checkpoint
+from checkpoint import CKPT_NAME, CheckpointError, checkpoint_iter, load_checkpoint, lock_dir, save_checkpoint
 from configurator import ConfigError
 from model import GPT, GPTConfig, block_name
-from prepare_data import DataError, load_prepared, tokenizer_identity
+from prepare_data import (DataError, bos_starts, load_prepared, rebuild_command, tokenizer_identity,
+                          window_start)
+from provenance import describe_difference
 
 
 def default_device():
@@ -43,16 +45,25 @@ def default_device():
 
 def default_dtype():
     if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if runtime.native_bf16() else "float16"
     return "float32"
 
 
 OPTIMIZERS = ("adamw", "muon")  # the optimizer setting's values (configure_optimizers in model.py)
+WINDOW_STARTS = ("auto", "random", "bos")  # the window_start setting's values (load_dataset)
 
 
 @dataclass
 class TrainConfig(GPTConfig):
     DERIVED = {"vocab_size": "it is the dataset's (meta.json), padded by runtime.padded_vocab_size"}
+    UNKNOWN_KEY_HINTS = {"study_": "{source} is a study config: run ./run_study.sh {source}"}
+    # Settings a resumed run may change freely: they change where and how it runs, what it logs, or (max_iters) how
+    # long it trains, not what it learns. Any other setting must equal the checkpoint's, unless resume_changes
+    # names it (then it takes effect from the resume on); the model's own settings (GPTConfig) never change.
+    RESUME_FREE = {"out_dir", "eval_interval", "log_interval", "eval_iters", "eval_only", "hellaswag_interval",
+                   "always_save_checkpoint", "keep_checkpoints", "init_from", "log_stats", "wandb_log",
+                   "wandb_project", "wandb_run_name", "wandb_group", "wandb_tags", "finetune_other_dataset",
+                   "resume_changes", "max_iters", "max_nonfinite_steps", "device", "compile", "attn_impl"}
     # I/O
     out_dir: str = ""  # empty: out/<dataset>-<n_layer>x<n_embd>-<attn_norm>[-<block>]-s<seed>, block unless gpt2
     eval_interval: int = 2000  # evaluate (and checkpoint) every this many iterations
@@ -74,7 +85,9 @@ class TrainConfig(GPTConfig):
     dataset: str = "openwebtext"  # a folder data/<dataset> written by prepare_data.py
     gradient_accumulation_steps: int = 40  # micro-steps per iteration, global: split across DDP ranks
     batch_size: int = 12  # sequences per micro-step and rank
-    finetune_other_dataset: bool = False  # resume a checkpoint trained on another dataset with the same tokenizer
+    finetune_other_dataset: bool = False  # resume on other data (another dataset, or it rebuilt), same tokenizer
+    window_start: str = "auto"  # where windows start: random, bos (at a BOS token), auto (bos if the data has one)
+    resume_changes: str = ""  # comma-separated settings a resume may change, e.g. learning_rate after a divergence
     # optimizer
     optimizer: str = "adamw"  # adamw, or muon: Muon for the blocks' weight matrices, AdamW for everything else
     learning_rate: float = 6e-4  # peak learning rate (AdamW's)
@@ -96,8 +109,9 @@ class TrainConfig(GPTConfig):
     dtype: str = dataclasses.field(default_factory=default_dtype)  # float32, bfloat16, float16
     compile: bool = True  # torch.compile the model
 
-    def validate(self, world_size=1):
-        """Every check that needs no data, with the number of processes the run will use."""
+    def validate(self, world_size=1, device_here=True):
+        """Every check that needs no data, with the number of processes the run will use. device_here=False: the
+        run starts on another machine (a Slurm job), so whether this one has the device is not checked."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if type(value) is float and not math.isfinite(value):
@@ -122,24 +136,46 @@ class TrainConfig(GPTConfig):
                               f"({self.eval_interval}), got {self.hellaswag_interval}")
         if self.muon_lr is not None and self.muon_lr <= 0:
             raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
+        if not 0 <= self.seed < 2**63 - 2**16:  # torch seeds are 64-bit; seed + 1 and seed + rank are seeds too
+            raise ConfigError(f"seed must be in [0, 2**63 - 2**16), got {self.seed}: e.g. --seed=1337")
+        if not self.dataset or Path(self.dataset).name != self.dataset or self.dataset.startswith("."):
+            raise ConfigError(f"dataset={self.dataset!r} is not a dataset name (a folder data/<dataset> written by "
+                              f"prepare_data.py): e.g. --dataset=shakespeare_char")
+        for key in filter(None, self.resume_changes.split(",")):
+            if key not in self.changeable_on_resume():
+                why = ("it may always change" if key in self.RESUME_FREE else "the model's settings and optimizer "
+                       "cannot change on resume" if hasattr(self, key) else "no such setting")
+                raise ConfigError(f"resume_changes={self.resume_changes!r}: {key!r} is not a setting a resume "
+                                  f"changes ({why}): list only training settings, e.g. resume_changes=learning_rate")
         choices = {"init_from": ("scratch", "resume", "auto"), "dtype": tuple(runtime.DTYPES),
-                   "optimizer": OPTIMIZERS}
+                   "optimizer": OPTIMIZERS, "window_start": WINDOW_STARTS}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(valid)}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device={self.device!r}: use cpu, cuda, cuda:N or mps")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if device_here and self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA GPU is visible: use --device=cpu")
-        if self.device == "mps" and not torch.backends.mps.is_available():
+        if device_here and self.device == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("device=mps but this torch has no MPS (Apple GPU) backend: use --device=cpu")
         if self.gradient_accumulation_steps % world_size:
             raise ConfigError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must be a "
                               f"multiple of the number of processes ({world_size})")
-        reason = normalizers.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.dropout)
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"optimizer=muon needs torch.optim.Muon (torch >= 2.9), this is torch "
+                              f"{torch.__version__}: upgrade torch, or use optimizer=adamw")
+        reason = normalizers.unavailable_reason(self.attn_norm, self.device.split(":")[0], self.attention_dropout,
+                                                head_dim=self.n_embd // self.n_head)
         if self.attn_impl == "fused" and reason:
             raise ConfigError(f"attn_impl=fused cannot run attn_norm={self.attn_norm} on {self.device}: {reason}. "
                               f"Use attn_impl=auto (the reference where no fused kernel runs) or reference")
+
+    @classmethod
+    def changeable_on_resume(cls):
+        """The settings resume_changes may name: every TrainConfig setting but the model's, the optimizer (its
+        state would not fit), the dataset (finetune_other_dataset) and the RESUME_FREE ones."""
+        model = {f.name for f in dataclasses.fields(GPTConfig)}
+        return {f.name for f in dataclasses.fields(cls)} - model - cls.RESUME_FREE - {"optimizer", "dataset"}
 
     def model_config(self, vocab_size=50304):
         return GPTConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GPTConfig)}
@@ -176,6 +212,7 @@ class TrainState:
     best_val_loss: float
     data_rng: torch.Generator  # draws the global batch: the same sequences whatever the number of processes
     nonfinite_in_a_row: int = 0
+    changes: list = dataclasses.field(default_factory=list)  # [{"iter", "settings": {key: [before, after]}}] of resumes
 
 
 def find_checkpoint(cfg, out_dir):
@@ -193,26 +230,63 @@ def find_checkpoint(cfg, out_dir):
     return ckpt_path if cfg.init_from == "resume" or ckpt_path.exists() else None
 
 
+RESUME_KEYS = ("optimizer", "scaler", "best_val_loss", "data_rng", "rng", "meta")  # what train.py's checkpoints hold
+
+
 def check_resumable(ckpt, ckpt_path, model_config, cfg, meta):
-    """Refuse to continue a checkpoint with another model, tokenizer or dataset."""
+    """Refuse to continue a checkpoint with another model, tokenizer, data or training settings (but the ones
+    resume_changes names); returns {setting: [checkpoint's, now]} of those it names that differ."""
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise ConfigError(f"{ckpt_path} cannot be resumed: it has no {', '.join(missing)} (a checkpoint of an older "
+                          f"train.py or of nanoGPT). sample.py and the analysis tools read it if it has 'meta'; "
+                          f"to train, use another out_dir")
     try:
-        saved = dataclasses.asdict(GPTConfig.from_saved(ckpt["model_args"]))
+        saved_config = GPTConfig.from_saved(ckpt["model_args"])
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{ckpt_path}: {e}. Use another out_dir") from None
-    changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(model_config).items()
-               if k != "attn_impl" and saved.get(k) != v}
+    # attn_dropout compared as the value it takes: None (dropout's, all a checkpoint older than it knows) = dropout
+    saved, now = ({**dataclasses.asdict(c), "attn_dropout": c.attention_dropout} for c in (saved_config, model_config))
+    changed = {k: (saved.get(k), v) for k, v in now.items() if k != "attn_impl" and saved.get(k) != v}
     if changed:
         raise ConfigError(f"{ckpt_path} was trained with a different model: " + ", ".join(
             f"{k}={a!r} there, {b!r} now" for k, (a, b) in changed.items()) + ". Use another out_dir.")
-    saved_meta = ckpt.get("meta") or {}
+    saved_meta = ckpt["meta"] or {}
     if tokenizer_identity(saved_meta) != tokenizer_identity(meta):
         raise ConfigError(f"{ckpt_path} was trained with another tokenizer (dataset "
                           f"{ckpt['config'].get('dataset')!r}) than dataset {cfg.dataset!r} has: its token ids mean "
                           f"other things here. Use another out_dir")
+    saved_start = window_start(ckpt["config"].get("window_start"), saved_meta)
+    start = window_start(cfg.window_start, meta)
+    if saved_start != start and not cfg.finetune_other_dataset:
+        raise ConfigError(f"{ckpt_path} was trained with windows that start at {saved_start!r} positions, not "
+                          f"{start!r}: resume with --window_start={saved_start}, or use another out_dir")
     if ckpt["config"].get("dataset") != cfg.dataset and not cfg.finetune_other_dataset:
         raise ConfigError(f"{ckpt_path} was trained on dataset {ckpt['config'].get('dataset')!r}, not "
                           f"{cfg.dataset!r}: use another out_dir, or --finetune_other_dataset=True to go on "
                           f"training it on {cfg.dataset!r} (same tokenizer)")
+    there, now = saved_meta.get("fingerprint"), meta["fingerprint"]
+    if there and there != now and not cfg.finetune_other_dataset:
+        made = saved_meta.get("prepared_with")
+        made = f" ({describe_difference(made, meta.get('prepared_with') or {})})" if made else ""
+        raise ConfigError(f"{ckpt_path} was trained on other data than data/{cfg.dataset} holds now (fingerprint "
+                          f"{there} there, {now} now{made}): it was prepared again since. Rebuild it as it was "
+                          f"({rebuild_command(Path('data') / cfg.dataset, saved_meta)}), or use another out_dir, or "
+                          f"--finetune_other_dataset=True to go on training on the new data")
+    saved_cfg, defaults = ckpt["config"], dataclasses.asdict(TrainConfig())
+    if saved_cfg.get("optimizer", "adamw") != cfg.optimizer:
+        raise ConfigError(f"{ckpt_path} was trained with optimizer={saved_cfg.get('optimizer', 'adamw')!r}; its "
+                          f"optimizer state cannot go on as optimizer={cfg.optimizer!r}: use another out_dir")
+    allowed = set(filter(None, cfg.resume_changes.split(",")))
+    differ = {k: [saved_cfg.get(k, defaults[k]), v] for k, v in dataclasses.asdict(cfg).items()
+              if k in TrainConfig.changeable_on_resume() and saved_cfg.get(k, defaults[k]) != v}
+    refused = {k: v for k, v in differ.items() if k not in allowed}
+    if refused:
+        keys = ",".join(refused)
+        raise ConfigError(f"{ckpt_path} was trained with other settings: " + ", ".join(
+            f"{k}={a!r} there, {b!r} now" for k, (a, b) in refused.items()) + f". A new run: give it its own "
+            f"--out_dir. To go on training this one with them: add --resume_changes={keys}")
+    return differ
 
 
 def build(cfg, meta, out_dir, dist_ctx):
@@ -221,7 +295,7 @@ def build(cfg, meta, out_dir, dist_ctx):
     model_config = cfg.model_config(runtime.padded_vocab_size(meta["vocab_size"]))
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        check_resumable(ckpt, ckpt_path, model_config, cfg, meta)
+        changes = check_resumable(ckpt, ckpt_path, model_config, cfg, meta)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone (two runs start identical)
     model = GPT(model_config).to(dist_ctx.device)
     if ckpt is not None:
@@ -234,9 +308,15 @@ def build(cfg, meta, out_dir, dist_ctx):
     state = TrainState(0, float("inf"), torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed + dist_ctx.rank)  # dropout: per rank
     if ckpt is not None:
+        # load_state_dict brings back the saved hyperparameters (weight decay, betas, Muon's lr_scale) with the
+        # moments; the settings of this run take their place, so that a change resume_changes allows takes effect.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
         scaler.load_state_dict(ckpt["scaler"])
         state.iter_num, state.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        state.changes = ckpt.get("changes", []) + ([{"iter": state.iter_num, "settings": changes}] if changes else [])
         state.data_rng.set_state(ckpt["data_rng"])
         if len(ckpt["rng"]) == dist_ctx.world_size:
             torch.set_rng_state(ckpt["rng"][dist_ctx.rank]["cpu"])
@@ -261,17 +341,38 @@ def save(cfg, raw_model, optimizer, scaler, state, meta, out_dir, dist_ctx):
                      "scaler": scaler.state_dict(), "model_args": dataclasses.asdict(raw_model.config),
                      "config": dataclasses.asdict(cfg), "iter_num": state.iter_num,
                      "best_val_loss": state.best_val_loss, "data_rng": state.data_rng.get_state(), "rng": rngs,
-                     "meta": meta}, out_dir, cfg.keep_checkpoints)
+                     "meta": meta, "changes": state.changes}, out_dir, cfg.keep_checkpoints)
 
 
 # ---- data, evaluation, learning rate ----
 
 def load_dataset(cfg):
-    """data/<dataset>, checked once, up front, so a bad dataset fails before any compute is spent."""
+    """data/<dataset>, checked once, up front, so a bad dataset fails before any compute is spent. Resolves
+    window_start=auto (bos where meta.json names a bos_id) and refuses what the data cannot give."""
     try:
-        return load_prepared(Path("data") / cfg.dataset, cfg.block_size)
+        data, meta = load_prepared(Path("data") / cfg.dataset, cfg.block_size)
     except DataError as e:
         raise ConfigError(str(e)) from None
+    if cfg.window_start == "bos" and "bos_id" not in meta:
+        raise ConfigError(f"window_start=bos, but dataset {cfg.dataset!r} has no BOS token: prepare one with "
+                          f"python prepare_data.py {cfg.dataset} --bos (and --dataset={cfg.dataset}_bos), or use "
+                          f"window_start=random")
+    if window_start(cfg.window_start, meta) == "random" and meta.get("bos_required"):
+        raise ConfigError(f"dataset {cfg.dataset!r} is made of sequences that each start with BOS: its windows "
+                          f"must start there too (window_start=bos or auto), not at random")
+    return data, meta
+
+
+def window_starts(data, meta, cfg):
+    """{split: positions a window may start at} for window_start=bos, or None (random crops)."""
+    if window_start(cfg.window_start, meta) != "bos":
+        return None
+    starts = {split: bos_starts(tokens, meta["bos_id"], cfg.block_size) for split, tokens in data.items()}
+    for split, positions in starts.items():
+        if len(positions) == 0:
+            raise ConfigError(f"the {split} split of {cfg.dataset!r} has no BOS with block_size={cfg.block_size} + 1 "
+                              f"tokens after it: lower block_size")
+    return starts
 
 
 def get_batch(data, offsets, cfg, device):
@@ -282,12 +383,15 @@ def get_batch(data, offsets, cfg, device):
     return x.to(device), y.to(device)
 
 
-def sample_offsets(data, n, generator, block_size):
-    return torch.randint(len(data) - block_size, (n,), generator=generator).tolist()
+def sample_offsets(data, n, generator, block_size, starts=None):
+    """n window starts: any position (random crops), or one of starts (e.g. the BOS positions)."""
+    if starts is None:
+        return torch.randint(len(data) - block_size, (n,), generator=generator).tolist()
+    return starts[torch.randint(len(starts), (n,), generator=generator).numpy()].tolist()
 
 
 @torch.no_grad()
-def estimate_loss(model, data, cfg, autocast, dist_ctx):
+def estimate_loss(model, data, cfg, autocast, dist_ctx, starts=None):
     """Mean loss over eval_iters batches per split, the same batches at every eval and for any number of
     processes: one generator draws them all, and rank r evaluates batches r, r + world_size, ..."""
     model.eval()
@@ -296,7 +400,7 @@ def estimate_loss(model, data, cfg, autocast, dist_ctx):
         rng = torch.Generator().manual_seed(cfg.seed + 1)
         losses = torch.zeros(cfg.eval_iters, device=dist_ctx.device)
         for k in range(cfg.eval_iters):
-            offsets = sample_offsets(data[split], cfg.batch_size, rng, cfg.block_size)
+            offsets = sample_offsets(data[split], cfg.batch_size, rng, cfg.block_size, starts and starts[split])
             if k % dist_ctx.world_size == dist_ctx.rank:
                 with autocast:
                     losses[k] = model(*get_batch(data[split], offsets, cfg, dist_ctx.device))[1]
@@ -321,12 +425,14 @@ def get_lr(it, cfg):
 
 # ---- one training step ----
 
-def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx):
-    """Forward/backward over the global batch (this rank's share), clip, step. Returns (mean loss, grad norm)
-    as tensors, and whether the step was applied (False: a NaN/Inf loss or gradient, skipped)."""
+def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, dist_ctx, starts=None):
+    """Forward/backward over the global batch (this rank's share), clip, step; windows start at starts (the BOS
+    positions) if given, else anywhere. Returns (mean loss, grad norm) as tensors, and whether the step was applied
+    (False: a NaN/Inf loss or gradient, skipped)."""
     world_size, rank = dist_ctx.world_size, dist_ctx.rank
     micro_steps = cfg.gradient_accumulation_steps // world_size
-    offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size)
+    offsets = sample_offsets(data, cfg.gradient_accumulation_steps * cfg.batch_size, state.data_rng, cfg.block_size,
+                             starts)
     loss_sum = torch.zeros((), device=dist_ctx.device)
     for micro_step in range(micro_steps):
         # This rank's share of the global batch: micro-batches rank, rank + world_size, ...
@@ -343,8 +449,8 @@ def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, 
     if dist_ctx.ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
     # A NaN/Inf step would poison the weights (and every later checkpoint): skip it. (fp16's GradScaler skips
-    # such steps itself and lowers its scale.)
-    applied = scaler.is_enabled() or bool(torch.isfinite(grad_norm) and torch.isfinite(loss_sum))
+    # such steps itself and lowers its scale.) One host synchronisation for both checks, not one each.
+    applied = scaler.is_enabled() or bool(torch.isfinite(torch.stack((grad_norm.float(), loss_sum.float()))).all())
     if applied:
         scaler.step(optimizer)
         scaler.update()
@@ -355,10 +461,15 @@ def train_step(model, raw_model, optimizer, scaler, data, state, cfg, autocast, 
 # ---- logging ----
 
 class MetricsLog:
-    """One JSON line per event in out_dir/metrics.jsonl (rank 0), the same to wandb when asked for."""
+    """One JSON line per event in out_dir/metrics.jsonl (rank 0), the same to wandb when asked for. A record is
+    written whole or not at all: a write that fails (a full disk) is cut off again, and a torn last line that a
+    killed run left is removed when the log is opened."""
 
     def __init__(self, cfg, out_dir, tokens_per_iter, master):
-        self.file = open(out_dir / "metrics.jsonl", "a") if master else None
+        self.path = out_dir / "metrics.jsonl"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if master else None
+        if self.fd is not None:
+            self.cut_torn_line()
         self.tokens_per_iter, self.wandb = tokens_per_iter, None
         if cfg.wandb_log and master:
             import wandb
@@ -369,20 +480,39 @@ class MetricsLog:
                        resume="allow", group=cfg.wandb_group or None, tags=tags)
             self.wandb = wandb
 
+    def cut_torn_line(self):
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(max(0, size - 2**20))
+            tail = f.read()
+        if not tail.endswith(b"\n"):
+            os.ftruncate(self.fd, size - len(tail) + tail.rfind(b"\n") + 1)
+
     def record(self, iter_num, event):
-        if self.file is None:
+        if self.fd is None:
             return
         event = {"iter": iter_num, "tokens": iter_num * self.tokens_per_iter, **event}
-        self.file.write(json.dumps(event) + "\n")
-        self.file.flush()
+        line, start = (json.dumps(event) + "\n").encode(), os.fstat(self.fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self.fd, line[written:])
+        except OSError as e:
+            os.ftruncate(self.fd, start)
+            raise TrainingError(f"cannot write {self.path} ({e.strerror}); the unfinished record was removed and "
+                                f"{checkpoint_note(self.path.parent)}. Free up space there, then run the same "
+                                f"command again") from None
         if self.wandb is not None and event["event"] in ("train", "eval"):  # the settings went to wandb.init
             # One lr per step: the train record's (the rate its step used), not the eval's (the next step's).
             skip = ("event", "iter") + (("lr",) if event["event"] == "eval" else ())
             self.wandb.log({k: v for k, v in event.items() if k not in skip}, step=iter_num)
 
     def close(self):
-        if self.file is not None:
-            self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -416,18 +546,32 @@ def main(argv):
     out_dir = Path(cfg.out_dir)
     if dist_ctx.master:
         check_out_dir(out_dir)
+    # One training per out_dir: a second one would resume the same checkpoint and the two would overwrite each
+    # other's saves. Held by rank 0 until the run ends (or its process dies).
+    with lock_dir(out_dir) if dist_ctx.master else nullcontext():
+        run(cfg, data, meta, out_dir, dist_ctx)
+    dist_ctx.close()
+
+
+def run(cfg, data, meta, out_dir, dist_ctx):
     model, optimizer, scaler, state, ckpt_path = build(cfg, meta, out_dir, dist_ctx)
     log = print if dist_ctx.master else (lambda *a, **k: None)
-    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0], cfg.dropout)
+    attention = normalizers.describe(cfg.attn_norm, cfg.attn_impl, dist_ctx.device.split(":")[0],
+                                     cfg.attention_dropout, cfg.n_embd // cfg.n_head)
     log(f"{model.get_num_params() / 1e6:.2f}M parameters; attn_norm={cfg.attn_norm}, block {block_name(cfg)}, "
         f"attention: {attention}")
     if ckpt_path:
         log(f"resumed from {ckpt_path} at iter {state.iter_num}")
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     metrics = MetricsLog(cfg, out_dir, tokens_per_iter, dist_ctx.master)
+    # What produced every record that follows: the settings, the data (its fingerprint), and the settings this
+    # resume changed (the checkpoint keeps the list of them).
+    changed = state.changes[-1]["settings"] if ckpt_path and state.changes and state.changes[-1]["iter"] == \
+        state.iter_num else {}
     metrics.record(state.iter_num, {"event": "resume" if ckpt_path else "start", "config": dataclasses.asdict(cfg),
-                                    "world_size": dist_ctx.world_size, "attention": attention,
-                                    "block": block_name(cfg)})
+                                    "data": meta["fingerprint"], "world_size": dist_ctx.world_size,
+                                    "attention": attention, "block": block_name(cfg),
+                                    **({"changes": changed} if changed else {})})
     try:
         train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log)
     except KeyboardInterrupt:
@@ -440,21 +584,26 @@ def main(argv):
         raise TrainingError(out_of_memory_message(cfg, e)) from None
     finally:
         metrics.close()
-    dist_ctx.close()
 
 
 def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, dist_ctx, log):
     """nanoGPT's loop: evaluate and checkpoint every eval_interval, one optimizer step per iteration, log."""
     raw_model, device_type = model, dist_ctx.device.split(":")[0]
-    if cfg.compile:
-        model = torch.compile(model)
+    # DDP, then compile (torch's order): dynamo splits the graph at DDP's gradient buckets, so each bucket's all-reduce
+    # overlaps the rest of the backward; a compiled model wrapped in DDP all-reduces after the whole backward.
+    # Evaluation runs without DDP: it syncs no gradients, and DDP's forward broadcasts buffers (symax's η), a
+    # collective that a rank with no evaluation batch (eval_iters < world size) would never join.
+    compiled = torch.compile if cfg.compile else (lambda m: m)
+    eval_model = compiled(model)
     if dist_ctx.ddp:
-        model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+        model = compiled(DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None))
+    else:
+        model = eval_model
     autocast = runtime.autocast(device_type, cfg.dtype)
-    probe = None
+    probe, starts = None, window_starts(data, meta, cfg)
     if cfg.log_stats:
         from analysis.stats import model_stats, probe_batch
-        probe = probe_batch(data["val"], cfg.block_size).to(dist_ctx.device)
+        probe = probe_batch(data["val"], cfg.block_size, starts and starts["val"]).to(dist_ctx.device)
     hellaswag = None
     if cfg.hellaswag_interval:
         from analysis import hellaswag as hs
@@ -471,11 +620,11 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's group may peak elsewhere (muon_lr)
         if state.iter_num % cfg.eval_interval == 0 or state.iter_num == cfg.max_iters:
-            losses = estimate_loss(model, data, cfg, autocast, dist_ctx)
+            losses = estimate_loss(eval_model, data, cfg, autocast, dist_ctx, starts)
             event = {"event": "eval", "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
             if probe is not None and dist_ctx.master:
                 t_stats = time.time()
-                event.update(model_stats(raw_model, probe))
+                event.update(model_stats(raw_model, probe, triggers=meta.get("triggers")))
                 event["stats_s"] = time.time() - t_stats
             if hellaswag and (state.iter_num % cfg.hellaswag_interval == 0 or state.iter_num == cfg.max_iters):
                 with autocast:
@@ -491,7 +640,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
             return
 
         loss, grad_norm, applied = train_step(model, raw_model, optimizer, scaler, data["train"], state, cfg,
-                                              autocast, dist_ctx)
+                                              autocast, dist_ctx, starts and starts["train"])
         state.iter_num += 1
         if not applied:
             state.nonfinite_in_a_row += 1
@@ -508,7 +657,7 @@ def train(cfg, model, optimizer, scaler, state, data, meta, out_dir, metrics, di
                 torch.cuda.synchronize()
             dt = (time.time() - t0) / (state.iter_num - t0_iter)
             t0, t0_iter = time.time(), state.iter_num
-            mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name)
+            mfu = raw_model.estimate_mfu(tokens_per_iter, dt, device_name, dist_ctx.world_size)
             metrics.record(state.iter_num, {"event": "train", "loss": loss.item(), "grad_norm": grad_norm.item(),
                                             "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
                                             "mfu": mfu})
@@ -536,7 +685,8 @@ def nonfinite_message(cfg, state, out_dir):
         causes = f"lower learning_rate ({cfg.learning_rate} is far too high)"
     elif cfg.grad_clip == 0:
         causes = "lower learning_rate or clip gradients (grad_clip=1.0; it is 0, off)"
-    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)}" if (out_dir / CKPT_NAME).exists()
+    kept = (f"The last good checkpoint is untouched: {checkpoint_note(out_dir)} (with other settings: add "
+            f"--resume_changes=<them>, e.g. --resume_changes=learning_rate)" if (out_dir / CKPT_NAME).exists()
             else "No checkpoint was written")
     return f"{state.nonfinite_in_a_row} non-finite steps in a row at iter {state.iter_num - 1}: {causes}. {kept}."
 

@@ -3,10 +3,13 @@ Analysis of attnorm runs: outlier and attention statistics, perplexity, and the 
 
     stats.py               model_stats(): kurtosis, outliers and attention sinks, logged by train.py at every eval
     perplexity.py          exact perplexity / bits per character of a checkpoint over a whole split
-    quantize.py            post-training fake quantization (W8A8, W8, W4) and the perplexity it costs
+    quantize.py            post-training fake quantization (W8A8 down to W8A4, W8, W4) and the perplexity it costs
+    hellaswag.py           HellaSwag accuracy as build-nanogpt scores it (also during training: hellaswag_interval)
+    lm_eval.py             EleutherAI's lm-evaluation-harness over a checkpoint (optional: requirements-eval.txt)
     report.py              report.md and plots comparing runs; kurtosis_curves.ipynb draws the same figures
     study.py               the multi-seed study behind run_study.sh: its variants, seeds, sweeps, settings checks
-    launch.py              how the study's runs are launched: a pool of local workers, progress
+    launch.py              how the study's runs are launched: a run's job, the pool of local workers, progress
+    slurm.py               run_study.sh --launcher slurm: each run a Slurm job through submitit
     run_steps.py           one study run: the steps it still needs, and its evaluation
     significance.py        the study's comparisons: Welch's t interval and test, Holm's correction
     study_report.py        the study's report.md: mean ± std tables, comparisons, sweep table, figures

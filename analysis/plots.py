@@ -6,6 +6,7 @@ y scale. matplotlib's Figure is used directly (no pyplot): reports render off-sc
 
 import math
 
+import numpy as np
 from matplotlib.figure import Figure
 
 import normalizers
@@ -27,10 +28,22 @@ def in_registry_order(attn_norms):
 
 
 def fmt(x, digits=3):
-    """A table cell: `digits` significant digits, scientific from 10⁴, '–' for a missing value."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A table cell: `digits` significant digits, scientific from 10⁴; '–' for a missing value (None), 'NaN' for a
+    value that is not a number (a diverged run's loss: not the same as a run that was not evaluated)."""
+    if x is None:
         return "–"
+    if isinstance(x, float) and math.isnan(x):
+        return "NaN"
     return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+def mean_std_cell(values, digits=3):
+    """'mean ± std' over seeds (sample std) of a table's cell: '–' where a run lacks the value (None) and for the
+    std of one run; NaN where a run's value is NaN."""
+    if not values or any(v is None for v in values):
+        return "–"
+    x = np.asarray(values, dtype=float)
+    return f"{fmt(float(np.mean(x)), digits)} ± {fmt(float(np.std(x, ddof=1)) if len(x) > 1 else None, 2)}"
 
 
 def figure(legend_entries, nrows, ncols, cell_w, cell_h, title, **subplots_kw):

@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 
 from analysis import POINTS, read_metrics
-from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, scale
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, in_registry_order, mean_std_cell, scale
 
 # What each statistic is, for titles and the report's legend (analysis/stats.py has the formulas).
 DESCRIPTIONS = {
@@ -36,6 +36,10 @@ DESCRIPTIONS = {
     "attn_sink": "attention sink: mean weight on the first token",
     "attn_quiet": "quiet mass: 1 − Σ weights (softmax: 0; diff: λ)",
     "attn_entropy": "attention entropy in nats, of |weights| renormalised to sum 1",
+    "attn_sink_dormant": "weight on BOS at dormant queries (not at a Bigram-Backcopy trigger)",
+    "attn_sink_active": "weight on BOS at active queries (at a trigger, where the copy happens)",
+    "bos_resid_ratio": "first token's residual norm / the median token's",
+    "bos_value_ratio": "first token's value norm / the median token's",
 }
 KURTOSIS = ("weight_kurtosis", "act_kurtosis_tensor", "act_kurtosis_sample", "act_kurtosis_token")
 MAGNITUDES = ("act_absmax", "act_top10", "act_top100", "act_median")
@@ -43,8 +47,12 @@ ATTENTION = ("attn_sink", "attn_quiet", "attn_entropy")
 SHORT = {"weight_kurtosis": "weight kurtosis", "act_kurtosis_tensor": "kurtosis: tensor",
          "act_kurtosis_sample": "kurtosis: sample", "act_kurtosis_token": "kurtosis: token", "act_absmax": "max |x|",
          "act_top10": "10th largest |x|", "act_top100": "100th largest |x|", "act_median": "median |x|",
-         "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)"}
+         "attn_sink": "sink", "attn_quiet": "quiet mass", "attn_entropy": "entropy (nats)",
+         "attn_sink_dormant": "BOS weight, dormant", "attn_sink_active": "BOS weight, active",
+         "bos_resid_ratio": "BOS resid. / median", "bos_value_ratio": "BOS value / median"}
 SEED_STYLES = ("-", "--", ":", "-.")
+# The sink statistics of analysis/stats.py a run's summary() gives per layer (mean and max over layers)
+SINKS = ("attn_sink_dormant", "attn_sink_active", "attn_quiet_dormant", "bos_resid_ratio", "bos_value_ratio")
 
 
 def load_runs(run_dirs):
@@ -216,6 +224,9 @@ def figures(runs):
     plots += [
         ("curves_attention.png", "Over training: attention sink (weight on token 0), quiet mass (1 − Σ weights) "
          "and entropy (nats).", fig_curves, ATTENTION),
+        ("curves_sinks.png", "Over training: the weight on BOS at dormant and active queries (Bigram-Backcopy), "
+         "and the first token's residual and value norms over the median token's.", fig_curves,
+         ("attn_sink_dormant", "attn_sink_active", "bos_resid_ratio", "bos_value_ratio")),
         ("final_weight_kurtosis.png", "Weight kurtosis per layer at the last eval (Fisher excess; normal = 0).",
          fig_final, KURTOSIS[:1]),
         ("final_act_kurtosis.png", "Activation kurtosis per layer at the last eval, by definition: tensor (excess; "
@@ -241,18 +252,28 @@ def summary(run):
     """The numbers of a run's table row: final loss and mean / max over layers (and points) of each group."""
     last = run["eval"][-1] if run["eval"] else {}
     exact = run["eval_json"].get("val_loss")
-    row = {"iter": last.get("iter"), "val_loss": exact if exact is not None else last.get("val_loss", math.nan),
+    # None: not evaluated (shown '–'); a NaN loss stays NaN (a diverged run, shown 'NaN')
+    row = {"iter": last.get("iter"), "val_loss": exact if exact is not None else last.get("val_loss"),
            "val_exact": exact is not None, "bpc": run["eval_json"].get("bpc"), "stats_s": last.get("stats_s")}
     # exp overflows past 709: a diverged run's PPL is inf, not an OverflowError
-    row["val_ppl"] = math.inf if row["val_loss"] > 709 else math.exp(row["val_loss"])
-    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet"):
+    loss = row["val_loss"]
+    row["val_ppl"] = None if loss is None else math.inf if loss > 709 else math.exp(loss)
+    for group in KURTOSIS + ("act_absmax", "attn_sink", "attn_quiet") + SINKS:
         values = [v for key, v in last.items() if key.startswith(group + "/")]
-        row[f"{group}_mean"] = statistics.fmean(values) if values else math.nan
-        row[f"{group}_max"] = max(values, default=math.nan)
+        row[f"{group}_mean"] = statistics.fmean(values) if values else None
+        row[f"{group}_max"] = max(values, default=None)
     # outliers against the typical size, as in the massive-activations papers: max |x| / median |x| per point
     ratios = [v / last[key.replace("act_absmax", "act_median")] for key, v in last.items()
               if key.startswith("act_absmax/") and last.get(key.replace("act_absmax", "act_median"), 0) > 0]
-    row["act_ratio_max"] = max(ratios, default=math.nan)
+    row["act_ratio_max"] = max(ratios, default=None)
+    row["sink_rate"] = last.get("sink_rate")
+    dormant = row["attn_quiet_dormant_mean"]
+    row["attn_mass_dormant_mean"] = None if dormant is None else 1 - dormant
+    # Bigram-Backcopy: copy accuracy over the whole val split where the perplexity tool scored it, else the probe's
+    row["copy_acc"] = run["eval_json"].get("copy_acc", last.get("copy_acc"))
+    bayes = run["eval_json"].get("bayes_loss")
+    row["excess_loss"] = None if loss is None or bayes is None else loss - bayes  # over the task's floor
+    row.update({key: v for key, v in last.items() if key.startswith("hellaswag_")})  # hellaswag_interval's
     return row
 
 
@@ -264,6 +285,7 @@ COLUMNS = [  # (header, summary key(s)) after the val loss: one key is shown as 
     ("act. kurt. token mean / max", ("act_kurtosis_token_mean", "act_kurtosis_token_max")),
     ("max \\|act\\|", "act_absmax_max"), ("max \\|act\\| / median", "act_ratio_max"),
     ("sink mean / max", ("attn_sink_mean", "attn_sink_max")), ("quiet mean", "attn_quiet_mean"),
+    ("sink rate", "sink_rate"), ("BOS value / median", "bos_value_ratio_mean"), ("copy acc.", "copy_acc"),
 ]
 
 
@@ -295,11 +317,7 @@ def seeds_table(runs):
     lines = ["| variant | runs | " + " | ".join(h for h, _ in keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for variant, rows in by_variant.items():
         cells = [variant, str(len(rows))]
-        for _, key in keys:
-            values = [row[key] for row in rows]
-            mean = statistics.fmean(values)  # by hand below: statistics.stdev fails on NaN (a run without stats)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-            cells.append(f"{fmt(mean)} ± {fmt(std, 2)}")
+        cells += [mean_std_cell([row[key] for row in rows]) for _, key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -327,7 +345,11 @@ largest ratio of max |activation| to median |activation| at one point (massive a
 Attention, over queries 1..T−1: **sink** = mean weight on the first token (mean and max over layers; uniform
 causal attention puts (H_T − 1)/(T − 1) on it, H_T the harmonic number: 0.059 at T = 64, 0.035 at T = 128, 0.020 at T = 256, so only
 a sink well above that is one); **quiet** = 1 − Σ weights (0 for softmax, λ for diff);
-entropy of |weights| renormalised to sum 1 (in the plots). **stats s**: seconds model_stats took at that eval.
+entropy of |weights| renormalised to sum 1 (in the plots). **sink rate**: the fraction of heads whose sink exceeds
+0.3 (Gu et al. 2025); **BOS value / median**: the first token's value norm over the median token's (mean over
+layers and heads; a sink's "value-state drain" is far below 1); **copy acc.**: on a Bigram-Backcopy dataset, how
+often the most likely token after a trigger is the copy (over the whole val split where `eval.json` has it).
+**stats s**: seconds model_stats took at that eval.
 """
 
 

@@ -7,13 +7,14 @@ training).
 import json
 from pathlib import Path
 
-import numpy as np
-
 from analysis import quantize, read_metrics
-from checkpoint import CKPT_NAME, checkpoint_iter
+from analysis.perplexity import read_eval_json
+from checkpoint import CKPT_NAME, checkpoint_iter, load_checkpoint
+from provenance import run_id
+from train import TrainConfig
 
 STEPS = ("train", "perplexity", "stats", "quantize", "wandb")
-WANDB_SUMMARY = ["val_ppl"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
+WANDB_SUMMARY = ["val_ppl", "min_act_bits"] + [f"delta_ppl_{name}" for name in quantize.VARIANTS]
 
 
 def read_json(path):
@@ -24,17 +25,27 @@ def has_stats(record):
     return any(key.startswith("act_kurtosis_tensor/") for key in record)
 
 
-def pending_steps(run_dir, max_iters, wandb_log):
-    """The steps of STEPS a run still needs; [] when it is finished."""
+def pending_steps(run_dir, max_iters, wandb_log, quant):
+    """The steps of STEPS a run still needs; [] when it is finished. An evaluation counts as done only where
+    eval.json's produced_by says this run's checkpoint at max_iters produced it (provenance.py), the quantization
+    with the settings asked for: quant = {"max_tokens": N, "calib_batches": M}; anything else is done again."""
     if not (run_dir / CKPT_NAME).exists() or checkpoint_iter(run_dir) != max_iters:
         return [step for step in STEPS if step != "wandb" or wandb_log]
-    ev, evals = read_json(run_dir / "eval.json"), read_metrics(run_dir)["eval"]
+    ev, evals = read_eval_json(run_dir / "eval.json"), read_metrics(run_dir)["eval"]
+    run = run_id(load_checkpoint(run_dir, mmap=True), TrainConfig.RESUME_FREE)
+    by = ev.get("produced_by", {})
+
+    def done(tool, keys, **settings):
+        record = by.get(tool, {})
+        return (record.get("run") == run and record.get("iter") == max_iters and all(k in ev for k in keys)
+                and all(record.get(k) == v for k, v in settings.items()))
+
     steps = []
-    if ev.get("iter") != max_iters or "val_ppl" not in ev:
+    if not done("perplexity_val", ["val_ppl"]):
         steps.append("perplexity")
-    if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not ev.get("stats"):
+    if not (evals and evals[-1]["iter"] == max_iters and has_stats(evals[-1])) and not done("stats", ["stats"]):
         steps.append("stats")
-    if ev.get("quant_iter") != max_iters or any(key not in ev for key in quantize.EVAL_KEYS):
+    if not done("quantize", quantize.EVAL_KEYS, **quant, tolerance=quantize.TOLERANCE):  # the study's tolerance
         steps.append("quantize")
     if wandb_log and ev.get("wandb_summary_iter") != max_iters:
         steps.append("wandb")
@@ -63,23 +74,24 @@ def write_wandb_summary(run_dir, iters):
 def evaluate_run(run_dir, device, max_tokens, calib_batches):
     """The evaluation steps a trained run still needs, in this process (`--evaluate RUN_DIR`)."""
     from analysis import perplexity
-    from analysis.perplexity import update_json
+    from analysis.perplexity import open_run, produced_by, update_json
     from analysis.stats import model_stats, probe_batch
-    from checkpoint import load_model
-    from prepare_data import load_meta
+    from prepare_data import bos_starts, window_start
 
     run_dir = Path(run_dir)
     iters = checkpoint_iter(run_dir)
-    steps = pending_steps(run_dir, iters, read_metrics(run_dir)["config"].get("wandb_log", False))
+    quant = {"max_tokens": max_tokens, "calib_batches": calib_batches}
+    steps = pending_steps(run_dir, iters, read_metrics(run_dir)["config"].get("wandb_log", False), quant)
     if "perplexity" in steps:
         perplexity.main([str(run_dir), "--device", device])
-    if "stats" in steps:  # on the probe train.py uses: the first 8 block_size windows of val
-        model, ckpt = load_model(run_dir, device)
-        meta = load_meta(Path("data") / ckpt["config"]["dataset"])
-        T = ckpt["model_args"]["block_size"]
-        val = np.memmap(Path("data") / ckpt["config"]["dataset"] / "val.bin", dtype=meta["dtype"], mode="r")
-        probe = probe_batch(val, T).to(device)
-        update_json(run_dir / "eval.json", {"stats": model_stats(model, probe)})
+    if "stats" in steps:  # on the probe train.py uses: the first block_size windows of val (at BOS, if it does)
+        model, ckpt, data, meta, eval_path = open_run(run_dir, None, device, None)
+        T, val = ckpt["model_args"]["block_size"], data["val"]
+        bos = window_start(ckpt["config"].get("window_start"), meta) == "bos"
+        starts = bos_starts(val, meta["bos_id"], T) if bos else None
+        probe = probe_batch(val, T, starts).to(device)
+        update_json(eval_path, {"stats": model_stats(model.to(device), probe, triggers=meta.get("triggers"))},
+                    {"stats": produced_by(ckpt, meta)})
         print(f"model_stats of {run_dir} written to eval.json")
     if "quantize" in steps:
         quantize.main([str(run_dir), "--device", device, "--max_tokens", str(max_tokens),

@@ -55,6 +55,25 @@ for every model and says nothing):
                    mass goes, whatever its amount. Rows whose weights all underflow to 0 have none and are left out,
                    as are softpick's and clipped's rows that attend to nothing (exact zeros).
 
+Attention sinks and the tokens that feed them. The probe's first token is BOS when the run's windows start at one
+(window_start=bos), else whatever token a window starts with:
+
+    sink_rate        the fraction of all heads (every layer) whose attn_sink exceeds 0.3: Gu et al. 2025, "When
+                     Attention Sink Emerges in Language Models", Sink_1^ε with ε = 0.3
+    bos_resid_ratio  per layer (bos_resid_ratio/h.<i>): the first token's residual-stream norm after the block over
+                     the median norm of the other tokens, averaged over the probe's sequences (extreme tokens grow
+                     "massive activations": ratios far above 1)
+    bos_value_ratio  per layer and head (bos_value_ratio/h.<i>, bos_value_ratio_head/h.<i>.head<j>): the same for
+                     the norm of the value vector (the "value-state drain" of a sink: ratios far below 1)
+
+With the triggers of a Bigram-Backcopy dataset (bigram_backcopy.py), the queries split into active ones (at a
+trigger, where the copy must happen) and dormant ones (everywhere else): attn_sink and attn_quiet are also given
+per layer and head for each kind (attn_sink_active, attn_sink_dormant, attn_quiet_active, attn_quiet_dormant; the
+mass a query puts on the real keys is 1 - attn_quiet), and
+
+    copy_acc         the fraction of trigger positions (the probe's second to second-last) where the model's most
+                     likely next token is the token before the trigger, the one the task copies
+
 With an output gate (attn_gate), per layer, over every gate value σ(c_gate(x)) of the probe (per head and token,
 or per channel and token):
 
@@ -68,6 +87,9 @@ from functools import partial
 import numpy as np
 
 import torch
+
+
+SINK_THRESHOLD = 0.3  # a head is a sink when its mean weight on the first token exceeds this (Gu et al. 2025)
 
 
 def _exact_dtype(device):
@@ -129,17 +151,38 @@ def activation_stats(x):
     }
 
 
-def attention_stats(p):
-    """Per-head {"attn_sink", "attn_quiet", "attn_entropy": (H,) tensors} of weights p of shape (B, H, T, T)."""
+def attention_stats(p, active=None):
+    """Per-head {"attn_sink", "attn_quiet", "attn_entropy": (H,) tensors} of weights p of shape (B, H, T, T), and
+    with active, a (B, T) bool mask of the queries at triggers, attn_sink and attn_quiet over the active queries and
+    over the other (dormant) ones too. A kind with no query in the probe is NaN."""
     rows = p[:, :, 1:].float()  # queries 1..T-1
     mass = rows.abs()
     dist = mass / mass.sum(-1, keepdim=True)  # 0/0 = NaN for an all-zero row, which nanmean leaves out
     entropy = -torch.special.xlogy(dist, dist).sum(-1)
-    return {
-        "attn_sink": rows[..., 0].mean((0, 2)),
-        "attn_quiet": (1 - rows.sum(-1)).mean((0, 2)),
-        "attn_entropy": torch.nanmean(entropy, dim=(0, 2)),
-    }
+    sink, quiet = rows[..., 0], 1 - rows.sum(-1)
+    out = {"attn_sink": sink.mean((0, 2)), "attn_quiet": quiet.mean((0, 2)),
+           "attn_entropy": torch.nanmean(entropy, dim=(0, 2))}
+    if active is not None:
+        for kind, queries in (("active", active[:, 1:]), ("dormant", ~active[:, 1:])):
+            w = queries[:, None, :].to(sink.dtype)  # (B, 1, T-1)
+            n = w.sum((0, 2))
+            out[f"attn_sink_{kind}"] = (sink * w).sum((0, 2)) / n
+            out[f"attn_quiet_{kind}"] = (quiet * w).sum((0, 2)) / n
+    return out
+
+
+def first_token_ratio(norms):
+    """The first token's norm over the median norm of the others, averaged over sequences: norms (B, ..., T) ->
+    (...)."""
+    return (norms[..., 0] / norms[..., 1:].flatten(-1).median(-1).values).mean(0)
+
+
+def copy_accuracy(logits, tokens, triggers):
+    """The fraction of trigger positions t (1 <= t <= T-2) of tokens (B, T) whose most likely next token,
+    logits[:, t].argmax(), is tokens[:, t-1]; NaN when the probe holds no such position."""
+    at = torch.isin(tokens[:, 1:-1], torch.as_tensor(triggers, device=tokens.device))
+    hit = logits[:, 1:-1].argmax(-1) == tokens[:, :-2]
+    return hit[at].float().mean()
 
 
 def _store_activation(values, name, from_input, module, args, output):
@@ -154,22 +197,35 @@ def _store_gate(values, layer, module, args, output):
     values[f"gate_sparsity/{layer}"] = (gate < 0.1).float().mean()
 
 
-def _store_attention(values, layer, module, args):
-    for stat, per_head in attention_stats(module.attention_probs(args[0])).items():
-        values[f"{stat}/{layer}"] = per_head.mean()
-        for j, v in enumerate(per_head):
+def _store_attention(values, layer, active, module, args):
+    x = args[0]
+    per_head = attention_stats(module.attention_probs(x), active)
+    per_head["bos_value_ratio"] = first_token_ratio(module.qkv(x)[2].detach().float().norm(dim=-1))
+    for stat, heads in per_head.items():
+        values[f"{stat}/{layer}"] = heads.mean()
+        for j, v in enumerate(heads):
             values[f"{stat}_head/{layer}.head{j}"] = v
 
 
+def _store_resid_ratio(values, layer, module, args, output):
+    values[f"bos_resid_ratio/{layer}"] = first_token_ratio(output.detach().float().norm(dim=-1))
+
+
 @torch.no_grad()
-def probe_batch(val_tokens, block_size, n=8):
-    """The fixed probe: the first n non-overlapping block_size windows of the val tokens (fewer if short)."""
-    n = min(n, (len(val_tokens) - 1) // block_size)
-    return torch.from_numpy(np.asarray(val_tokens[: n * block_size], dtype=np.int64).reshape(n, block_size))
+def probe_batch(val_tokens, block_size, starts=None, n=8):
+    """The fixed probe: the first n non-overlapping block_size windows of the val tokens (fewer if short), or with
+    starts (the positions windows start at, e.g. every BOS), the windows at the first of them: at least 2048
+    tokens, so that statistics over a kind of query (a Bigram-Backcopy trigger) see some hundreds of them."""
+    if starts is None:
+        n = min(n, (len(val_tokens) - 1) // block_size)
+        return torch.from_numpy(np.asarray(val_tokens[: n * block_size], dtype=np.int64).reshape(n, block_size))
+    starts = np.asarray(starts[: max(n, 2048 // block_size)])
+    return torch.from_numpy(np.asarray(val_tokens[starts[:, None] + np.arange(block_size)], dtype=np.int64))
 
 
-def model_stats(model, probe, max_tokens=8192):
-    """Every statistic above as a flat {name: float}, from the weights and one forward pass over probe.
+def model_stats(model, probe, max_tokens=8192, triggers=None):
+    """Every statistic above as a flat {name: float}, from the weights and one forward pass over probe; triggers:
+    the token ids of a Bigram-Backcopy dataset's triggers (its meta.json), for the statistics that need them.
 
     model is a GPT itself, not a DDP or torch.compile wrapper (the hooks go on its submodules). probe is a
     (B, T) LongTensor on the model's device; only its first max(1, max_tokens // T) sequences are
@@ -178,24 +234,31 @@ def model_stats(model, probe, max_tokens=8192):
     """
     probe = probe[: max(1, max_tokens // probe.size(1))]
     values, hooks = {}, []
+    active = None if triggers is None else torch.isin(probe, torch.as_tensor(triggers, device=probe.device))
     for i, block in enumerate(model.transformer.h):
         taps = ((block.ln_1, "attn_in", False), (block.attn.c_proj, "attn_out", True), (block.attn, "attn_branch", False),
                 (block.ln_2, "mlp_in", False), (block.mlp.c_proj, "mlp_hidden", True), (block.mlp, "mlp_out", False),
                 (block, "resid", False))
         for module, point, from_input in taps:
             hooks.append(module.register_forward_hook(partial(_store_activation, values, f"h.{i}.{point}", from_input)))
-        hooks.append(block.attn.register_forward_pre_hook(partial(_store_attention, values, f"h.{i}")))
+        hooks.append(block.attn.register_forward_pre_hook(partial(_store_attention, values, f"h.{i}", active)))
+        hooks.append(block.register_forward_hook(partial(_store_resid_ratio, values, f"h.{i}")))
         if hasattr(block.attn, "c_gate"):
             hooks.append(block.attn.c_gate.register_forward_hook(partial(_store_gate, values, f"h.{i}")))
     was_training = model.training
     model.eval()
     try:
         values.update(weight_stats(model))
-        model(probe)
+        # with targets (any) the logits of every position, which copy_acc needs (a GPT-2 vocabulary's cost 1.6 GB)
+        logits = model(probe, targets=probe if triggers is not None else None)[0]
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    sinks = torch.stack([v for k, v in values.items() if k.startswith("attn_sink_head/")])
+    values["sink_rate"] = (sinks > SINK_THRESHOLD).float().mean()
+    if triggers is not None:
+        values["copy_acc"] = copy_accuracy(logits, probe, triggers)
     # One device-to-host copy for everything, instead of a GPU sync per number.
     numbers = torch.stack([v.to(_exact_dtype(probe.device)) for v in values.values()]).tolist()
     return dict(zip(values, numbers))

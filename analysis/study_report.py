@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 
 from analysis import quantize, report
-from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, scale
+from analysis.plots import LEGEND_COLUMNS, color, figure, fmt, mean_std_cell, scale
 from analysis.run_steps import has_stats
 from analysis.significance import ALPHA, comparisons, holm, welch
 from normalizers.gates import GATES
@@ -29,7 +29,22 @@ MODEL_METRICS = [
     ("sink", "attn_sink_mean"),
 ]
 QUANT_METRICS = [("PPL fp (quant. tokens)", "ppl_fp")] + [
-    (f"ΔPPL {name.replace('_', ' ')}", f"delta_ppl_{name}") for name in quantize.VARIANTS]
+    (f"ΔPPL {name.replace('_', ' ')}", f"delta_ppl_{name}") for name in quantize.VARIANTS] + [
+    ("min act. bits", "min_act_bits")]
+# Shown when the runs logged them (model_stats with sink_rate; a Bigram-Backcopy dataset for the trigger split).
+SINK_METRICS = [
+    ("sink rate", "sink_rate"),
+    ("BOS weight, dormant", "attn_sink_dormant_mean"),
+    ("BOS weight, active", "attn_sink_active_mean"),
+    ("mass on real keys, dormant", "attn_mass_dormant_mean"),
+    ("BOS resid. / median", "bos_resid_ratio_max"),
+    ("BOS value / median", "bos_value_ratio_mean"),
+    ("copy acc.", "copy_acc"),
+    ("loss − Bayes", "excess_loss"),
+]
+# HellaSwag's accuracies (analysis.hellaswag, or train.py's hellaswag_interval) where a run has them
+HELLASWAG_METRICS = [("HellaSwag acc (sum loss)", "hellaswag_acc_sum_loss"),
+                     ("HellaSwag acc (mean loss)", "hellaswag_acc_mean_loss")]
 LAYER_GROUPS = report.KURTOSIS + ("act_absmax", "attn_sink")
 
 
@@ -56,11 +71,21 @@ def rows_by_variant(run_dirs):
 
 
 def values(rows, key):
-    return np.array([row.get(key, math.nan) for _, row in rows], dtype=float)
+    """The runs' values of key as floats (a run without it: NaN, which the figures and tests leave out)."""
+    return np.array([math.nan if row.get(key) is None else row[key] for _, row in rows], dtype=float)
 
 
 def mean_std(x):
     return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
+
+
+def downstream_metrics(by_variant):
+    """(heading, key) of the downstream scores some run has: HellaSwag's and lm-eval's metrics (analysis.lm_eval),
+    not their standard errors and counts."""
+    keys = dict.fromkeys(key for rows in by_variant.values() for _, row in rows for key in row)
+    lm_eval = [(f"lm-eval {key[len('lm_eval_'):]}", key) for key in keys if key.startswith("lm_eval_")
+               and "_stderr" not in key and not key.endswith("_samples") and key != "lm_eval_limit"]
+    return [(heading, key) for heading, key in HELLASWAG_METRICS if key in keys] + lm_eval
 
 
 def table(by_variant, metrics):
@@ -68,9 +93,7 @@ def table(by_variant, metrics):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, rows in by_variant.items():
         cells = [variant.name, str(len(rows))]
-        for _, key in metrics:
-            m, s = mean_std(values(rows, key))
-            cells.append(f"{fmt(m, 4)} ± {fmt(s, 2)}")
+        cells += [mean_std_cell([row.get(key) for _, row in rows], 4) for _, key in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -211,6 +234,46 @@ def fig_layers(by_variant, styles, group, title):
     return fig
 
 
+SINK_LEGEND = (
+    "On train.py's probe batch at the end of training (`analysis/stats.py` defines each; the first token is BOS when "
+    "the runs' windows start at one). *sink rate*: the fraction of heads whose mean weight on the first token exceeds "
+    "0.3 (Gu et al. 2025). *BOS weight, dormant / active*: the mean weight on it at queries that need not copy / at "
+    "the triggers of a Bigram-Backcopy task (mean over layers). *mass on real keys, dormant*: 1 − quiet mass there "
+    "(below 1 where a normalizer attends to nothing instead). *BOS resid. / median*: its residual-stream norm over "
+    "the other tokens' median (max over layers); *BOS value / median*: the same for its value vectors (mean over "
+    "layers and heads; a value-state drain is far below 1). *copy acc.*: how often the most likely next token after "
+    "a trigger is the copy, over the whole val split; *loss − Bayes*: the exact val loss above the task's Bayes-optimal "
+    "loss.")
+
+
+def fig_sink_curves(by_variant, styles, keys):
+    """keys [(title, eval-record key or layer group)] against the iteration: mean over seeds per variant, ± std."""
+    fig, axes = figure(len(by_variant), 1, len(keys), 5.0, 2.6, "Over training, mean ± std over seeds")
+    for ax, (title, key) in zip(axes.flat, keys):
+        for variant, rows in by_variant.items():
+            curves = [[(e["iter"], curve_value(e, key)) for e in run["eval"]] for run, _ in rows]
+            iters = [i for i, _ in curves[0]]
+            v = np.array([[y for _, y in c] for c in curves if [i for i, _ in c] == iters])
+            m, s = v.mean(0), v.std(0, ddof=1) if len(v) > 1 else np.zeros(len(iters))
+            look = styles[variant]
+            ax.plot(iters, m, color=look["color"], linestyle=look["linestyle"], label=variant.name)
+            ax.fill_between(iters, m - s, m + s, color=look["color"], alpha=0.15)
+        ax.set(title=title, xlabel="iteration")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center",
+               ncol=min(len(by_variant), LEGEND_COLUMNS), frameon=False)
+    return fig
+
+
+def curve_value(record, key):
+    """An eval record's value of key, or the mean over layers of the layer group key."""
+    if key in record:
+        return record[key]
+    layers = [v for k, v in record.items() if k.startswith(key + "/")]
+    return float(np.mean(layers)) if layers else math.nan
+
+
 def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     """study_dir/report.md with its PNGs, and per_run/report.md (analysis.report) for the runs one by one.
     variants: the study's, in order (the first is the baseline); run_dirs: {variant: [its finished runs]}."""
@@ -236,7 +299,11 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
              f"`{study_dir}/runs/<variant>-s<seed>/`.{names}", ""]
     if sweep:
         lines += ["## Sweep", "", sweep_section(sweep), ""]
-    metrics = MODEL_METRICS + QUANT_METRICS
+    sinks = [(h, key) for h, key in SINK_METRICS if any(row.get(key) is not None and math.isfinite(row[key])
+                                                        for rows in by_variant.values() for _, row in rows)]
+    downstream = downstream_metrics(by_variant)
+    metrics = MODEL_METRICS + QUANT_METRICS + downstream + sinks
+    ladder = ", ".join(name.replace("_", " ") for name in quantize.ACT_LADDER.values())
     baselines = ", ".join(f"**{v.name}** under {v.optimizer}" + (f" in the {v.block} block" if len(blocks) > 1 else "")
                           for v in variants if (v.norm, v.gate) == (first.norm, first.gate))
     lines += ["## Mean ± std over seeds", "",
@@ -247,13 +314,24 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
               f"Post-training quantization (`analysis.quantize`): PPL over the first {ev['quant_tokens']:,} val "
               f"tokens, fp and the PPL lost (ΔPPL = PPL quantized − PPL fp) to int8 weights per tensor or per "
               f"channel with int8 activations calibrated by min-max or the {ev['quant_percentile']}th percentile on "
-              f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights alone (W8) and int4 weights alone "
-              f"(W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to wte, so "
-              f"the embedding reads the quantized matrix too.", "", table(by_variant, QUANT_METRICS), "",
-              "## Which differences exceed seed noise", "",
+              f"{ev['quant_calib_batches']} training batches (W8A8), int8 weights per channel with 6-, 5- and 4-bit "
+              f"activations calibrated by min-max (W8A6, W8A5, W8A4), int8 weights alone (W8) and int4 weights "
+              f"alone (W4), both per channel. Every nn.Linear is quantized, lm_head included; lm_head is tied to "
+              f"wte, so the embedding reads the quantized matrix too. *min act. bits*: the smallest activation width "
+              f"reached walking down the ladder {ladder} before a rung loses more than {ev['quant_tolerance']:.1%} of "
+              f"the fp PPL (PPL ≤ {1 + ev['quant_tolerance']:g} × PPL fp); '–' where W8A8 already loses more for "
+              f"some seed.", "", table(by_variant, QUANT_METRICS), ""]
+    if downstream:
+        lines += ["Downstream, on the final checkpoint (a run without a score shows –): HellaSwag's val set scored "
+                  "completion style as build-nanogpt does (`analysis.hellaswag`: the ending with the lowest summed, "
+                  "or mean per token, loss), and lm-evaluation-harness tasks (`analysis.lm_eval`) as "
+                  "`<task> <metric>`.", "", table(by_variant, downstream), ""]
+    if sinks:
+        lines += ["## Attention sinks", "", SINK_LEGEND, "", table(by_variant, sinks), ""]
+    lines += ["## Which differences exceed seed noise", "",
               noise_section(by_variant, metrics, against_baseline,
-                            f"Each variant against the baseline with the same optimizer and block ({baselines}: the first "
-                            f"registered normalizer in the study, with attn_gate={first.gate})."), ""]
+                            f"Each variant against the baseline with the same optimizer and block ({baselines}: the "
+                            f"first registered normalizer in the study, with attn_gate={first.gate})."), ""]
     if optimizer_effect:
         lines += ["## The optimizer's effect", "",
                   noise_section(by_variant, metrics, optimizer_effect,
@@ -268,6 +346,8 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
     figures = [("bars_model.png", fig_bars(by_variant, styles, MODEL_METRICS, "Mean ± std over seeds (dots: seeds)")),
                ("bars_quantization.png",
                 fig_bars(by_variant, styles, QUANT_METRICS, "Quantization: PPL fp and PPL lost"))]
+    if downstream:
+        figures.append(("bars_downstream.png", fig_bars(by_variant, styles, downstream, "Downstream accuracy")))
     for optimizer, block in contexts:  # a figure per optimizer and block: every variant in one, too many lines
         subset = {v: rows for v, rows in by_variant.items() if (v.optimizer, v.block) == (optimizer, block)}
         if not subset:
@@ -279,6 +359,11 @@ def write_study_report(study_dir, variants, run_dirs, header, sweep=None):
         figures += [(f"layers_{group}{suffix}.png", fig_layers(
             subset, styles, group, f"Per layer, mean ± std over seeds{under}: {report.DESCRIPTIONS[group]}"))
             for group in LAYER_GROUPS]
+    if sinks:
+        dormant = "attn_sink_dormant" if any(key == "attn_sink_dormant_mean" for _, key in sinks) else "attn_sink"
+        figures.append(("curves_sinks.png", fig_sink_curves(by_variant, styles, [
+            ("sink rate (heads with BOS weight > 0.3)", "sink_rate"),
+            ("BOS weight" + (", dormant queries" if dormant != "attn_sink" else ""), dormant)])))
     for filename, fig in figures:
         fig.savefig(study_dir / filename, dpi=80)
         lines += [f"![{filename}]({filename})", ""]

@@ -3,9 +3,10 @@ Benchmarks, run from the repo root as modules:
 
     python -m benchmarks.attention          attention kernels per attn_norm: time, TFLOP/s, memory, × SDPA softmax
     python -m benchmarks.train_throughput   training steps per attn_norm and attn_gate: tokens/s, ms/iter, MFU
+    python -m benchmarks.hellaswag          HellaSwag scoring: seconds per 1,000 items per model size
 
-Both read the normalizer registry (every attn_norm by default), print a markdown table that says how it was made
-(command, device, date, versions) and, with --out, keep it in a file (benchmarks/results/<device>-*.md).
+The first two read the normalizer registry (every attn_norm by default). Each prints a markdown table that says how
+it was made (command, device, date, versions) and, with --out, keeps it in a file (benchmarks/results/<device>-*.md).
 """
 
 import datetime

@@ -15,6 +15,8 @@ The × column is tokens/s over the first row's in the same run. MFU is model.est
 bf16.
 --rounds R measures every row R times, the rows interleaved (round 1 measures every row, then round 2, ...), and
 reports each row's median: on a shared machine whose load drifts, every row then sees the same drift.
+Each row is written (printed, and to --out) as soon as it is measured (in its last round), so a run stopped at a
+time limit keeps every finished row.
 
 --batch_size=auto: on a GPU, the largest micro-batch that fits, found for the first row by halving from
 --max_batch_size on out of memory; every row uses it, and a row that runs out of memory halves its own (the
@@ -158,6 +160,7 @@ def main(argv=None):
                "|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     batch_size, failed = args.max_batch_size if auto else cfg.batch_size, {}
     seconds, used, flops, params = [[] for _ in rows], [None] * len(rows), [None] * len(rows), [None] * len(rows)
+    base = None
     for r in range(args.rounds):
         for i, ((norm, gate, block), cfg) in enumerate(zip(rows, cfgs)):
             if i in failed:
@@ -177,19 +180,17 @@ def main(argv=None):
             if args.rounds > 1:
                 print(f"round {r + 1}/{args.rounds}: {norm}, {gate}, {block}: {dt * 1000:.1f} ms/iter", flush=True)
             del model  # before the next row builds its own
-    base = None
-    for i, ((norm, gate, block), cfg) in enumerate(zip(rows, cfgs)):
-        if i in failed:
-            continue
-        dt = float(np.median(seconds[i]))
-        tokens = cfg.gradient_accumulation_steps * used[i] * cfg.block_size
-        if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
-            base = tokens / dt
-        attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0], cfg.dropout)
-        batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
-        report.add(f"| {norm} | {gate} | {block} | {params[i]:,} | {attention} | {batch} | {dt * 1000:.1f} | {tokens / dt:,.0f} | "
-                   f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
-                   f"{f'{tokens / dt / base:.2f}' if base else '—'} |")
+            if r == args.rounds - 1:  # the row is complete: written now, so a run stopped midway keeps it
+                dt = float(np.median(seconds[i]))
+                if i == 0:  # the × column compares with the first row; without it ("Failed:" below) it stays empty
+                    base = tokens / dt
+                attention = normalizers.describe(norm, cfg.attn_impl, cfg.device.split(":")[0],
+                                                 cfg.attention_dropout, cfg.n_embd // cfg.n_head)
+                batch = f"{used[i]}" if used[i] == batch_size else f"{used[i]} (out of memory at {batch_size})"
+                report.add(f"| {norm} | {gate} | {block} | {params[i]:,} | {attention} | {batch} | "
+                           f"{dt * 1000:.1f} | {tokens / dt:,.0f} | "
+                           f"{'n/a' if flops[i] is None else f'{flops[i] / dt * 100:.1f}%'} | "
+                           f"{f'{tokens / dt / base:.2f}' if base else '—'} |")
     if failed:
         report.add("", "Failed:", "", *failed.values())
 

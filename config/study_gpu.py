@@ -1,5 +1,5 @@
 # The GPU study: ./run_study.sh config/study_gpu.py trains every registered normalizer x seeds 0, 1, 2 at nanoGPT's
-# GPU Shakespeare size (config/shakespeare_char/base.py: 6 layers x 384 wide, block 256, batch 64, dropout 0.2) and
+# GPU Shakespeare size (config/shakespeare_char/base.py: 6 layers x 384 wide, block 256, batch 64, dropout 0.2, attention dropout 0) and
 # writes study/study_gpu/report.md. With the registry of 10 normalizers: 30 runs, on one H100/H200.
 # Estimates, not measured: nanoGPT runs this model's 5000 iterations in ~3 min on an A100, ~36 ms/iter; an H100/H200
 # is ~1.5-2x faster, ~20 ms/iter. One run uses a fraction of such a GPU, so runs share it (study_jobs at a time) at an

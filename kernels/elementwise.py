@@ -63,13 +63,17 @@ from kernels.softmax1 import backend as flash_backend
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 NORMS = ("symax", "sigmoid", "softpick", "clipped")
+MAX_GRID_YZ = 65535  # CUDA caps a grid's second and third axes there (the first at 2³¹ − 1)
+MAX_HEAD_DIM = 128  # BLOCK_D 128: larger tiles would not fit the registers and shared memory of one block
 
 
 @triton.jit
 def _tile(ptr, rows, cols, stride, T, D):
     """Pointers to the (rows, cols) tile of a (T, D) matrix with row stride `stride`, and the mask of the entries
     that exist (rows past a ragged T, columns of head_dim padding)."""
-    return ptr + rows[:, None] * stride + cols[None, :], (rows[:, None] < T) & (cols[None, :] < D)
+    # int64 row offsets: T·stride passes 2³¹ at long contexts (e.g. T = 65536 rows of a 3·n_embd = 36,864-wide
+    # c_attn output).
+    return ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], (rows[:, None] < T) & (cols[None, :] < D)
 
 
 @triton.jit
@@ -153,8 +157,8 @@ def _elementwise_fwd(Q, K, V, C, Out, OutClip, Z, M, Arg,
                      NORM: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1).to(tl.int64)  # int64: b·stride_b overflows int32 for large batches
-    b, h = bh // H, bh % H
+    h, b = tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64: b·stride_b overflows int32 for large batches
+    bh = b * H + h
     Q += b * stride_qb + h * stride_qh
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
@@ -283,8 +287,8 @@ def _elementwise_bwd(Q, K, V, C, DO, DQ, DK, DV, Z, M, Arg, Delta,
     """Program i owns keys [i·BLOCK_OUT, (i+1)·BLOCK_OUT) for dK, dV and the queries of the same range for dQ;
     its loops step BLOCK_IN at a time over the queries (keys) that see (are seen by) them."""
     start = tl.program_id(0) * BLOCK_OUT
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // H, bh % H
+    h, b = tl.program_id(1), tl.program_id(2).to(tl.int64)
+    bh = b * H + h
     Q += b * stride_qb + h * stride_qh
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
@@ -338,21 +342,41 @@ def _elementwise_bwd(Q, K, V, C, DO, DQ, DK, DV, Z, M, Arg, Delta,
 # Launch configurations and the autograd.Function
 
 
-def configs(d, dtype):
-    """(forward, backward) launch configs, symax's. On GPU: the fused-attention tutorial's H100 shapes, trimmed until
-    ptxas (sm_90) reports no register spills for symax in fp16/bf16: 8 warps wherever the fp32 accumulators (acc;
-    dK, dV) are large, and 64-key backward blocks at d = 128. fp32 takes small blocks, as its 3xTF32 dots need
-    three times the registers and shared memory. Not yet re-tuned for the other members (clipped's forward holds a
-    second accumulator). In the interpreter every tile op is a numpy call, so small blocks are fast; they are still
-    unequal (and a backward block spans two of its inner blocks), so that the tests exercise the same block
-    structure as the GPU."""
-    if INTERPRET:
+# Shared memory one block may use, bytes, by compute capability (CUDA C++ Programming Guide); 99 KB elsewhere
+# (8.6 and 8.9: A10, RTX 3090, L4, L40S, RTX 4090).
+SHARED_MEMORY = {(8, 0): 163 * 1024, (8, 7): 163 * 1024, (9, 0): 227 * 1024}
+
+
+def configs(norm, d, dtype, capability):
+    """(forward, backward) launch configs of `norm`'s kernels for head_dim d and dtype on a GPU of this compute
+    capability ((major, minor); None: Triton's interpreter). Chosen with benchmarks/kernel_compile.py so that on
+    sm_80, sm_86 and sm_90 no fp16/bf16 kernel spills registers and none needs more shared memory than its target has
+    (benchmarks/results/cuda-kernels.md): the fused-attention tutorial's shapes with 8 warps wherever the fp32
+    accumulators (acc; dK, dV) are large, 64-key backward blocks (32 at d = 64), 32-key forward blocks at d > 64 and half the query
+    block for clipped's forward there, which holds a second accumulator. fp32 takes small blocks, as its 3xTF32 dots need three times the
+    registers and shared memory (some spilling is its price), and a single stage at d > 64 where shared memory is
+    99 KB. In the interpreter every tile op is a numpy call, so small blocks are fast; they are still unequal (and a
+    backward block spans two of its inner blocks), so that the tests exercise the same block structure as the GPU."""
+    if capability is None:
         return dict(BLOCK_M=32, BLOCK_N=16), dict(BLOCK_OUT=32, BLOCK_IN=16)
     if dtype == torch.float32:
-        return (dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+        stages = 1 if d > 64 and SHARED_MEMORY.get(tuple(capability), 99 * 1024) < 112 * 1024 else 2
+        return (dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=stages),
                 dict(BLOCK_OUT=32, BLOCK_IN=16, num_warps=4, num_stages=2))
-    return (dict(BLOCK_M=128, BLOCK_N=64, num_warps=4 if d <= 64 else 8, num_stages=3),
-            dict(BLOCK_OUT=128 if d <= 64 else 64, BLOCK_IN=32, num_warps=8, num_stages=3))
+    if d <= 32:
+        fwd = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4)
+    elif d <= 64:
+        fwd = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8)
+    else:
+        fwd = dict(BLOCK_M=64 if norm == "clipped" else 128, BLOCK_N=64 if norm == "clipped" else 32, num_warps=8)
+    # At d = 64, 64-key backward blocks spill a few bytes on sm_80 and sm_86 in any warp or stage count tried.
+    bwd = dict(BLOCK_OUT=32, BLOCK_IN=32, num_warps=4) if 32 < d <= 64 else dict(BLOCK_OUT=64, BLOCK_IN=32, num_warps=8)
+    return fwd | dict(num_stages=3), bwd | dict(num_stages=3)
+
+
+def capability(device):
+    """The compute capability configs() tunes for: the GPU's, or None in Triton's interpreter."""
+    return None if INTERPRET else torch.cuda.get_device_capability(device)
 
 
 def _bht_strides(x):
@@ -370,43 +394,63 @@ def causal_lse(q, k, scale):
     return lse[..., : q.size(-2)].float().contiguous()  # the memory-efficient kernel pads T to a multiple of 32
 
 
+def constants(norm, q):
+    """The compile-time arguments both kernels take besides their block sizes."""
+    d = q.size(-1)
+    return dict(NORM=norm, HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+                PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32")  # tf32 is moot for fp16/bf16
+
+
+def forward_launch(q, k, v, c, norm, bias, zeta, gamma, capability):
+    """What the forward kernel is launched with for these inputs on a GPU of this compute capability: (grid,
+    arguments, keyword arguments, the tensors the backward needs). benchmarks/kernel_compile.py compiles from the
+    same description, with meta tensors."""
+    B, H, T, d = q.shape
+    fwd, _ = configs(norm, d, q.dtype, capability)
+    scale = d**-0.5
+    row = lambda dtype=torch.float32: torch.empty(B, H, T, device=q.device, dtype=dtype)  # noqa: E731
+    out = torch.empty(B, H, T, d, device=q.device, dtype=v.dtype)
+    out_clip = torch.empty_like(out) if norm == "clipped" else None
+    z = row() if norm in ("symax", "softpick") else None
+    m = causal_lse(q, k, scale) if norm == "clipped" else row() if norm == "softpick" else None
+    arg = row(torch.int32) if norm == "softpick" else None
+    grid = (triton.cdiv(T, fwd["BLOCK_M"]), H, B)
+    args = (q, k, v, c, out, out_clip, z, m, arg, *_bht_strides(q), *_bht_strides(k), *_bht_strides(v), H, T, scale,
+            bias, zeta, gamma)
+    return grid, args, constants(norm, q) | fwd, (out, out_clip, z, m, arg)
+
+
+def backward_launch(q, k, v, c, do, out, out_clip, z, m, arg, norm, bias, zeta, gamma, capability):
+    """What the backward kernel is launched with: (grid, arguments, keyword arguments, (dq, dk, dv), Δ)."""
+    B, H, T, d = q.shape
+    _, bwd = configs(norm, d, q.dtype, capability)
+    delta_of = out_clip if out_clip is not None else out  # clipped: Δ̃ = rowsum(dO ∘ Õ)
+    delta = None if norm == "sigmoid" else (do.float() * delta_of.float()).sum(-1)
+    dq, dk, dv = (torch.empty(B, H, T, d, device=q.device, dtype=x.dtype) for x in (q, k, v))
+    grid = (triton.cdiv(T, bwd["BLOCK_OUT"]), H, B)
+    args = (q, k, v, c, do, dq, dk, dv, z, m, arg, delta, *_bht_strides(q), *_bht_strides(k), *_bht_strides(v),
+            *_bht_strides(do), H, T, d**-0.5, bias, zeta, gamma)
+    return grid, args, constants(norm, q) | bwd, (dq, dk, dv), delta
+
+
 class ElementwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, c, norm, bias, zeta, gamma):
-        B, H, T, d = q.shape
-        fwd, _ = configs(d, q.dtype)
-        scale = d**-0.5
-        meta = dict(NORM=norm, HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                    PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32")  # tf32 is moot for fp16/bf16
-        row = lambda dtype=torch.float32: torch.empty(B, H, T, device=q.device, dtype=dtype)  # noqa: E731
-        out = torch.empty(B, H, T, d, device=q.device, dtype=v.dtype)
-        out_clip = torch.empty_like(out) if norm == "clipped" else None
-        z = row() if norm in ("symax", "softpick") else None
-        m = causal_lse(q, k, scale) if norm == "clipped" else row() if norm == "softpick" else None
-        arg = row(torch.int32) if norm == "softpick" else None
-        grid = (triton.cdiv(T, fwd["BLOCK_M"]), B * H)
-        _elementwise_fwd[grid](q, k, v, c, out, out_clip, z, m, arg,
-                               *_bht_strides(q), *_bht_strides(k), *_bht_strides(v), H, T, scale, bias, zeta, gamma,
-                               **meta, **fwd)
-        ctx.save_for_backward(q, k, v, c, out, out_clip, z, m, arg)
-        ctx.meta, ctx.scalars = meta, (bias, zeta, gamma)
-        return out
+        ctx.scalars = (norm, bias, zeta, gamma)
+        grid, args, kwargs, saved = forward_launch(q, k, v, c, *ctx.scalars, capability(q.device))
+        _elementwise_fwd[grid](*args, **kwargs)
+        ctx.save_for_backward(q, k, v, c, *saved)
+        return saved[0]
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, c, out, out_clip, z, m, arg = ctx.saved_tensors
-        B, H, T, d = q.shape
-        _, bwd = configs(d, q.dtype)
         do = do if do.stride(-1) == 1 else do.contiguous()
-        delta_of = out_clip if out_clip is not None else out  # clipped: Δ̃ = rowsum(dO ∘ Õ)
-        delta = None if ctx.meta["NORM"] == "sigmoid" else (do.float() * delta_of.float()).sum(-1)
-        dq, dk, dv = (torch.empty(B, H, T, d, device=q.device, dtype=x.dtype) for x in (q, k, v))
-        grid = (triton.cdiv(T, bwd["BLOCK_OUT"]), B * H)
-        _elementwise_bwd[grid](q, k, v, c, do, dq, dk, dv, z, m, arg, delta,
-                               *_bht_strides(q), *_bht_strides(k), *_bht_strides(v), *_bht_strides(do),
-                               H, T, d**-0.5, *ctx.scalars, **ctx.meta, **bwd)
+        grid, args, kwargs, grads, delta = backward_launch(q, k, v, c, do, out, out_clip, z, m, arg, *ctx.scalars,
+                                                           capability(q.device))
+        _elementwise_bwd[grid](*args, **kwargs)
         dc = -(delta / z).sum(dim=(0, 2)) if ctx.needs_input_grad[3] else None
-        return dq, dk, dv, dc, None, None, None, None
+        return *grads, dc, None, None, None, None
 
 
 def elementwise_attention(norm, q, k, v, c=None, bias=0.0, zeta=0.0, gamma=0.0):
@@ -414,8 +458,11 @@ def elementwise_attention(norm, q, k, v, c=None, bias=0.0, zeta=0.0, gamma=0.0):
     c (H,) the denominator's constant (η, ε), bias σ's shift, zeta and gamma clipped's stretch."""
     if norm not in NORMS:
         raise ValueError(f"unknown elementwise normalizer {norm!r}; valid: {', '.join(NORMS)}")
-    if q.size(-1) > 128:
-        raise ValueError(f"the {norm} kernel supports head_dim <= 128, got {q.size(-1)}")
+    if q.size(-1) > MAX_HEAD_DIM:
+        raise ValueError(f"the {norm} kernel supports head_dim <= {MAX_HEAD_DIM}, got {q.size(-1)}")
+    if max(q.size(0), q.size(1)) > MAX_GRID_YZ:  # the grid is (query blocks, heads, batch)
+        raise ValueError(f"the {norm} kernel supports batch and heads <= {MAX_GRID_YZ} (CUDA's grid), got "
+                         f"{q.size(0)} x {q.size(1)}: split the batch")
     if INTERPRET and q.dtype == torch.bfloat16:
         raise TypeError("Triton's interpreter (TRITON_INTERPRET=1) miscomputes bf16 dots: use fp16/fp32, or a GPU "
                         "without TRITON_INTERPRET")

@@ -17,7 +17,8 @@ rowsum(dO ∘ O′) is the full row's Δ, virtual entry included. The virtual en
 (b_i's dependence on q or on a per-head parameter is left to autograd). Nothing T×T is materialised.
 
 The forward/backward pairs are aten's own attention ops that expose the LSE: the CPU flash kernel, FlashAttention-2
-on CUDA for fp16/bf16 with head_dim ≤ 256, and the memory-efficient kernel on CUDA otherwise (fp32).
+on CUDA for fp16/bf16 with head_dim ≤ 256 from sm_80 on, and the memory-efficient kernel on CUDA otherwise (fp32,
+GPUs before sm_80).
 No attention dropout: its mask would have to be replayed in the backward; normalizers.unavailable_reason says so.
 """
 
@@ -76,11 +77,17 @@ class CUDAEfficient:
         return dq, dk, dv
 
 
+def flash_runs_on(device):
+    """Whether aten's FlashAttention-2 kernels run on this device: on CUDA from sm_80 (A100) on, not on a T4 or V100
+    (the memory-efficient kernel runs there)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def backend(q):
     """The aten pair that computes the LSE for q's device, dtype and head_dim."""
     if q.device.type == "cpu":
         return CPUFlash
-    if q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256:
+    if q.dtype in (torch.float16, torch.bfloat16) and q.size(-1) <= 256 and flash_runs_on(q.device):
         return CUDAFlash
     return CUDAEfficient
 

@@ -77,39 +77,44 @@ def check_config(cfg):
     spec.check(cfg)
 
 
-def unavailable_reason(attn_norm, device_type, dropout_p, attn_impl="fused"):
-    """Why the fused path cannot (attn_impl='fused') or should not (attn_impl='auto') run here; None if it can."""
+def unavailable_reason(attn_norm, device_type, dropout_p, attn_impl="fused", head_dim=None):
+    """Why the fused path cannot (attn_impl='fused') or should not (attn_impl='auto') run here, for heads of
+    head_dim (None: not known yet); None if it can."""
     spec = get(attn_norm)
     if spec.fused is None:
         return f"no fused kernel for attn_norm={attn_norm!r}" + spec.missing_fused
     if dropout_p > 0 and not spec.fused_dropout:
-        return f"the {attn_norm} kernel has no attention dropout (dropout={dropout_p}); the reference applies it"
+        return (f"the {attn_norm} kernel has no attention dropout (attn_dropout={dropout_p}); the reference applies "
+                f"it")
+    if head_dim is not None and spec.fused_max_head_dim is not None and head_dim > spec.fused_max_head_dim:
+        return f"the {attn_norm} kernel supports head_dim <= {spec.fused_max_head_dim}, not {head_dim}"
     return spec.fused_unavailable(device_type, auto=attn_impl == "auto")
 
 
-def use_fused(attn_norm, attn_impl, device_type, dropout_p):
+def use_fused(attn_norm, attn_impl, device_type, dropout_p, head_dim=None):
     if attn_impl == "reference":
         return False
-    reason = unavailable_reason(attn_norm, device_type, dropout_p, attn_impl)
+    reason = unavailable_reason(attn_norm, device_type, dropout_p, attn_impl, head_dim)
     if attn_impl == "fused" and reason:
         raise RuntimeError(f"attn_impl='fused' cannot run {attn_norm} attention on {device_type}: {reason}. "
                            "Use attn_impl='auto' (falls back to the reference) or 'reference'.")
     return reason is None
 
 
-def describe(attn_norm, attn_impl, device_type, dropout_p):
+def describe(attn_norm, attn_impl, device_type, dropout_p, head_dim=None):
     """One line for the logs: which function attention runs on this device, and why."""
     spec = get(attn_norm)
-    if use_fused(attn_norm, attn_impl, device_type, dropout_p):
+    if use_fused(attn_norm, attn_impl, device_type, dropout_p, head_dim):
         return f"fused ({spec.fused.__module__}.{spec.fused.__name__})"
-    why = "asked for" if attn_impl == "reference" else unavailable_reason(attn_norm, device_type, dropout_p, attn_impl)
+    why = ("asked for" if attn_impl == "reference" else
+           unavailable_reason(attn_norm, device_type, dropout_p, attn_impl, head_dim))
     return f"reference ({type(spec).__module__}.{type(spec).__name__}.reference: {why})"
 
 
 def attention(attn_norm, q, k, v, dropout_p=0.0, attn_impl="fused", **args):
     """Causal attention of (B, H, T, d) q, k, v with this normalizer, by attn_impl; args: the spec's args()."""
     spec = get(attn_norm)
-    if use_fused(attn_norm, attn_impl, q.device.type, dropout_p):
+    if use_fused(attn_norm, attn_impl, q.device.type, dropout_p, q.size(-1)):
         return spec.fused(q, k, v, **args, **({"dropout_p": dropout_p} if dropout_p else {}))
     return spec.reference(q, k, v, dropout_p, **args)
 

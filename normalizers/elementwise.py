@@ -33,6 +33,8 @@ class ElementwiseNormalizer(Normalizer):
         f, z = reference_weights(q, k, self.terms, **args)
         return weighted_values(f, v, dropout_p, z)
 
+    fused_max_head_dim = kernel.MAX_HEAD_DIM if kernel else None
+
     @property
     def fused(self):
         return getattr(kernel, f"{self.name}_attention") if kernel else None

@@ -10,7 +10,7 @@ files compares attn_norm with a literal name:
                                   the elementwise family, normalizers/elementwise.py, derives both from terms())
     fused(q, k, v, **args)        the path that never builds T×T (None: there is none); fused_unavailable() says
                                   where it cannot or should not run (device, interpreter); fused_dropout whether
-                                  it takes attention dropout
+                                  it takes attention dropout, fused_max_head_dim the largest head_dim it takes
     settings                      its own GPTConfig fields (name -> Setting), with defaults and validation
     add_parameters(attn, cfg, i)  the parameters/buffers it adds to layer i's attention module, with their init
     no_weight_decay               names of its ≥2-D parameters AdamW must not decay (1-D ones never are)
@@ -93,6 +93,7 @@ class Normalizer:
     fused = None
     missing_fused = ""  # why fused is None, for the error message (e.g. " (it needs triton, ...)")
     fused_dropout = False  # whether the fused path takes dropout_p (else dropout runs the reference)
+    fused_max_head_dim = None  # the largest head_dim the fused path takes (None: any)
 
     # ---- configuration ----
     def check(self, cfg):

@@ -38,3 +38,17 @@ def tiny_char_run(char_data_root, tmp_path_factory):
     wd = workdir(tmp_path_factory.mktemp("tiny_run"), char_data_root)
     run_train(wd, [*TINY, "--max_iters=30", "--eval_interval=30", "--out_dir=out"])
     return wd / "out"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    """A directory with data/shakespeare_char whose val split is cut to 1000 tokens, for studies run there
+    (test_study.py, test_slurm.py): exact perplexity over all of it takes a moment."""
+    import json
+
+    import prepare_data
+    root = tmp_path_factory.mktemp("work")
+    data = prepare_data.prepare("shakespeare_char", out_dir=root / "data")
+    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 1000])  # uint16
+    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 1000}))
+    return root

@@ -72,3 +72,15 @@ def test_train_throughput_rounds_report_each_row_once_at_its_median(tmp_path, mo
     assert [r[:2] for r in rows] == [["softmax", "none"], ["symax", "none"], ["softmax", "headwise"]]
     assert [number(r[6]) for r in rows] == [250.0, 100.0, 450.0]  # medians of (0.3, 0.2), (0.1, 0.1), (0.5, 0.4)
     assert [r[-1] for r in rows] == ["1.00", "2.50", "0.56"]
+
+
+def test_hellaswag_cost_has_a_row_per_config(tmp_path):
+    from benchmarks import hellaswag
+    out = tmp_path / "hellaswag.md"
+    hellaswag.main(["--configs", "config/shakespeare_char/cpu.py", "--items", "2", "--ctx_chars", "30",
+                    "--ending_chars", "80", "--out", str(out)])
+    text = out.read_text()
+    assert "python -m benchmarks.hellaswag --configs" in text and "synthetic: Tiny Shakespeare, a 30-character" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| config/")]
+    assert [r[:4] for r in rows] == [["config/shakespeare_char/cpu.py", "4×128, block 64, char", "0.8M", "2"]]
+    assert all(0 < number(cell) < math.inf for cell in rows[0][4:6])

@@ -363,7 +363,7 @@ import os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 import prepare_data
 
-def build(tmp, tokenizer, val_fraction):
+def build(tmp, *settings):  # _build_shakespeare's signature
     (tmp / "train.bin").write_bytes(b"half of it")
     os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
     time.sleep(30)
@@ -463,17 +463,18 @@ LOAD_PREPARED = [
     ("missing", 32, "dataset 'bad' is not prepared (no {d}/meta.json): run python prepare_data.py bad"),
     ("meta-not-json", 32, "{d}/meta.json is damaged (JSONDecodeError: "),
     ("meta-missing-key", 32,
-     "{d}/meta.json is damaged (KeyError: 'train_tokens'): re-run python prepare_data.py bad --force"),
+     "{d}/meta.json is damaged (KeyError: 'train_tokens'): re-run python prepare_data.py --text FILE ... --name bad "
+     "--out_dir {d.parent} --force (with the files it was built from)"),
     ("meta-bad-counts", 32, "{d}/meta.json: token counts {{'train': -1, 'val': 111540}} are not counts"),
     ("meta-float-dtype", 32, "{d}/meta.json: vocab_size 65 does not fit token dtype float32: re-run"),
     ("meta-vocab-too-big", 32, "{d}/meta.json: vocab_size 70000 does not fit token dtype uint16"),
     ("meta-chars-vs-vocab", 32, "{d}/meta.json lists 64 characters but vocab_size 65"),
     ("train.bin-odd-size", 32, "{d}/train.bin holds 2007707 bytes, but meta.json promises 1003854 uint16 tokens "
                                "(2007708 bytes): the data is incomplete or damaged, re-run python prepare_data.py "
-                               "bad --force"),
+                               "--text FILE ... --name bad"),
     ("val.bin-missing", 32, "{d}/val.bin holds 0 bytes, but meta.json promises 111540 uint16 tokens"),
     ("token-id-beyond-vocab", 32, "{d}/val.bin holds token ids >= vocab_size 65 (meta.json): the data does not match "
-                                  "its meta.json, re-run python prepare_data.py bad --force"),
+                                  "its meta.json, re-run python prepare_data.py --text FILE ... --name bad"),
     ("block_size-beyond-data", 200000, "val split has 111540 tokens, too few for one block of block_size=200000+1: "
                                        "lower block_size or use more data"),
 ]

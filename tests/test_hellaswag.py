@@ -239,3 +239,30 @@ def test_hellaswag_interval_must_be_a_multiple_of_eval_interval(interval):
     with pytest.raises(ConfigError) as e:
         cfg.validate()
     assert str(e.value) == f"hellaswag_interval must be 0 (never) or a multiple of eval_interval (2), got {interval}"
+
+
+# ---- in the study report ----
+
+def test_study_report_tables_downstream_scores_where_runs_have_them(tmp_path):
+    """HellaSwag from train.py's eval record or from eval.json (which wins: it scored the final checkpoint), and
+    lm-eval's metrics from eval.json, without their stderr and counts; mean ± std over seeds by hand."""
+    from analysis import study, study_report
+    dirs = {}
+    for seed, logged, scored in [(0, 0.25, None), (1, 0.5, 0.75)]:
+        run = tmp_path / f"softmax-s{seed}"
+        run.mkdir()
+        records = [{"iter": 0, "event": "start", "config": {"attn_norm": "softmax", "seed": seed}},
+                   {"iter": 10, "event": "eval", "val_loss": 1.0, "hellaswag_acc_mean_loss": logged}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        eval_json = {"lm_eval_arc_easy_acc": 0.5 + seed / 10, "lm_eval_arc_easy_acc_stderr": 0.01,
+                     "lm_eval_arc_easy_samples": 100, "lm_eval_limit": None}
+        if scored is not None:
+            eval_json["hellaswag_acc_mean_loss"] = scored
+        (run / "eval.json").write_text(json.dumps(eval_json))
+        dirs.setdefault(study.Variant("softmax", "none", "adamw", "softmax"), []).append(run)
+    by_variant = study_report.rows_by_variant(dirs)
+    metrics = study_report.downstream_metrics(by_variant)
+    assert metrics == [("HellaSwag acc (mean loss)", "hellaswag_acc_mean_loss"), ("lm-eval arc_easy_acc",
+                                                                                  "lm_eval_arc_easy_acc")]
+    # seeds: HellaSwag 0.25 (logged) and 0.75 (eval.json): 0.5 ± 0.354; arc_easy 0.5 and 0.6: 0.55 ± 0.0707
+    assert study_report.table(by_variant, metrics).splitlines()[-1] == "| softmax | 2 | 0.5 ± 0.35 | 0.55 ± 0.071 |"

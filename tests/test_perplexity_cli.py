@@ -18,12 +18,14 @@ BLOCK_SIZE = 16
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run's out_dir holding a tiny char model's checkpoint, and its dataset (200 val tokens)."""
+    """A run's out_dir holding a tiny char model's checkpoint, and its dataset (200 val tokens, 100 train)."""
     root = tmp_path_factory.mktemp("ppl")
     data = root / "data"
     data.mkdir()
     np.random.default_rng(0).integers(0, 65, 200).astype(np.uint16).tofile(data / "val.bin")
-    meta = {"tokenizer": "char", "vocab_size": 65, "chars": "".join(map(chr, range(48, 113))), "dtype": "uint16"}
+    np.random.default_rng(1).integers(0, 65, 100).astype(np.uint16).tofile(data / "train.bin")
+    meta = {"tokenizer": "char", "vocab_size": 65, "chars": "".join(map(chr, range(48, 113))), "dtype": "uint16",
+            "train_tokens": 100, "val_tokens": 200}
     (data / "meta.json").write_text(json.dumps(meta))
     (root / "run").mkdir()
     torch.manual_seed(0)

@@ -481,10 +481,17 @@ def test_malicious_checkpoint_is_refused(tmp_path, raw_pickle):
 
 def test_checkpoint_holds_plain_types_only(tiny_ckpt):
     ckpt = torch.load(tiny_ckpt / "ckpt.pt", weights_only=True)  # the strict unpickler accepts it
+    def plain(value):  # JSON's types: what meta.json holds (meta's prepared_with is a dict, its files a list)
+        if isinstance(value, dict):
+            return all(type(k) is str and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(map(plain, value))
+        return type(value) in (str, int, float, bool, type(None))
+
     for section in ("config", "model_args", "meta"):
         for key, value in ckpt[section].items():
             # None: a setting whose value is derived (sigmoid_bias = -log T, muon_lr = learning_rate)
-            assert type(value) in (str, int, float, bool, type(None)), f"ckpt[{section!r}][{key!r}] is a {type(value)}"
+            assert plain(value), f"ckpt[{section!r}][{key!r}] is a {type(value)}"
     config = ckpt["config"]
     assert config["n_layer"] == 2 and config["attn_norm"] == "softmax" and config["out_dir"].endswith("tiny")
 
@@ -719,7 +726,7 @@ BAD_INPUTS = [
      ["pos_emb='rope'", "head width n_embd/n_head must be even", "36/4 = 9"], None, {}),
     ("unknown-attn_norm", "train", ["--attn_norm=sparsemax"], ["unknown attn_norm 'sparsemax'", "softmax1"], None, {}),
     ("unknown-attn_impl", "train", ["--attn_impl=turbo"], ["unknown attn_impl 'turbo'", "reference"], None, {}),
-    ("fused-unavailable", "train", [f"--attn_norm={_FUSED_NORM}", "--attn_impl=fused", "--dropout=0.1"],
+    ("fused-unavailable", "train", [f"--attn_norm={_FUSED_NORM}", "--attn_impl=fused", "--attn_dropout=0.1"],
      ["attn_impl=fused cannot run", "attn_impl=auto"], None, {"skip": _FUSED_NORM is None}),
     ("zero-lr", "train", ["--learning_rate=0"], ["learning_rate must be > 0"], None, {}),
     ("negative-lr", "train", ["--learning_rate=-0.001"], ["learning_rate must be > 0"], None, {}),
@@ -745,7 +752,8 @@ BAD_INPUTS = [
      lambda d, t: truncate(copy_dataset(d) / "train.bin", 1), {}),
     ("train.bin-truncated", "train", ["--dataset=bad"], ["train.bin holds 2007706 bytes", "1003854 uint16 tokens"],
      lambda d, t: truncate(copy_dataset(d) / "train.bin", 2), {}),
-    ("val.bin-missing", "train", ["--dataset=bad"], ["val.bin holds 0 bytes", "prepare_data.py bad --force"],
+    ("val.bin-missing", "train", ["--dataset=bad"], ["val.bin holds 0 bytes",
+                                                     "prepare_data.py --text file ... --name bad --force"],
      lambda d, t: (copy_dataset(d) / "val.bin").unlink(), {}),
     ("token-id-beyond-vocab", "train", ["--dataset=bad"], ["val.bin holds token ids >= vocab_size 65", "--force"],
      lambda d, t: put_token(copy_dataset(d) / "val.bin", 65), {}),
@@ -792,7 +800,7 @@ BAD_INPUTS = [
     ("malicious-checkpoint-resume", "train", ["--init_from=resume", "--out_dir={d}/out"], ["could run code"],
      lambda d, t: write_malicious(d / "out" / "ckpt.pt", d / "marker", raw_pickle=True), {"check": no_marker}),
     ("persistent-nan", "train", ["--out_dir={d}/out", "--learning_rate=1e9", "--decay_lr=False", "--max_iters=40",
-                                 "--max_nonfinite_steps=3"],
+                                 "--max_nonfinite_steps=3", "--resume_changes=learning_rate,decay_lr"],
      ["3 non-finite steps in a row at iter 13", "lower learning_rate", "last good checkpoint"],
      with_ckpt, {"check": unchanged("out/ckpt.pt")}),
     # --- sample.py ---

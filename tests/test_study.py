@@ -14,8 +14,7 @@ import pytest
 import scipy.stats
 
 import configurator
-import prepare_data
-from analysis import launch, quantize, significance, study, study_report
+from analysis import launch, run_steps, significance, study, study_report
 from analysis.plots import fmt
 from checkpoint import load_checkpoint
 from configurator import ConfigError
@@ -43,17 +42,6 @@ def run_study(root, *args, ok=True, env=None, cwd=None):
     return proc
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A directory with data/shakespeare_char whose val split is cut to 1000 tokens: exact perplexity over all of
-    it takes a moment."""
-    root = tmp_path_factory.mktemp("work")
-    data = prepare_data.prepare("shakespeare_char", out_dir=root / "data")
-    (data / "val.bin").write_bytes((data / "val.bin").read_bytes()[:2 * 1000])  # uint16
-    (data / "meta.json").write_text(json.dumps({**prepare_data.load_meta(data), "val_tokens": 1000}))
-    return root
-
-
 def wandb_env(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb"),
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
@@ -70,7 +58,8 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
     report = (study_dir / "report.md").read_text()
     for norm in ("softmax", "softmax1"):
         rows = [line for line in report.splitlines() if line.startswith(f"| {norm} | 1 |")]
-        assert len(rows) == 2, report  # a row in each mean ± std table (model, quantization)
+        assert len(rows) == 3, report  # a row in each mean ± std table (model, quantization, attention sinks)
+        assert rows[1].split(" | ")[-1].strip(" |").split(" ± ")[0] in ("8", "6", "5", "4", "–")  # min act. bits
         assert "| – ±" not in rows[0] and "| nan ±" not in rows[0]  # the study's model_stats filled the columns
         assert f"[{norm}-s0" in out  # its progress lines
     assert "report: " in out and "ETA" in out
@@ -92,7 +81,7 @@ def test_tiny_study_end_to_end_a_rerun_and_changed_settings(tmp_path):
         assert {norm, "seed=0"} <= set(contents[0]["run"].tags)
         ev = json.loads((run_dir / "eval.json").read_text())
         summary = {k: v for c in contents for k, v in c["summary"].items()}
-        for key in ["val_ppl", *(f"delta_ppl_{name}" for name in quantize.VARIANTS)]:
+        for key in run_steps.WANDB_SUMMARY:
             assert summary[key] == ev[key], key
 
     checkpoints = sorted(study_dir.glob("runs/*/ckpt.pt"))
@@ -168,8 +157,8 @@ def test_gates_and_optimizers_train_each_variant_and_compare_it_with_its_own_opt
         ppl[name] = [json.loads((runs / f"{name}-s{seed}" / "eval.json").read_text())["val_ppl"] for seed in (0, 1)]
 
     report = (tmp_path / "variants" / "report.md").read_text()
-    for name in variants:  # a row per variant in both mean ± std tables
-        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 2, name
+    for name in variants:  # a row per variant in each mean ± std table (model, quantization, attention sinks)
+        assert len([line for line in report.splitlines() if line.startswith(f"| {name} | 2 |")]) == 3, name
 
     def expect(a, b):
         result = scipy.stats.ttest_ind(ppl[a], ppl[b], equal_var=False)

@@ -270,7 +270,7 @@ def hand_lr(it, lr=1e-3, warmup=5, decay=2000, min_lr=1e-4):
 def test_metrics_jsonl(tiny_char_run):
     log = read_metrics(tiny_char_run)
     assert log[0]["event"] == "start"
-    assert set(log[0]) == {"event", "iter", "tokens", "config", "world_size", "attention", "block"}
+    assert set(log[0]) == {"event", "iter", "tokens", "config", "data", "world_size", "attention", "block"}
     assert log[0]["iter"] == 0 and log[0]["world_size"] == 1
     assert log[0]["config"]["n_embd"] == 32 and log[0]["config"]["max_iters"] == 30
     assert log[0]["attention"].startswith(("fused", "reference"))
