@@ -530,8 +530,8 @@ def test_run_training_sh_environment(case):
 def study_axes(settings=None, **kw):
     import argparse
     from analysis import study
-    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "seeds": None, "sweep": None,
-                                 "config": "cfg.py", **kw})
+    args = argparse.Namespace(**{"norms": None, "gates": None, "optimizers": None, "blocks": None, "seeds": None,
+                                 "sweep": None, "config": "cfg.py", **kw})
     return study.study_axes(args, settings or {}, train.TrainConfig(), [])
 
 
