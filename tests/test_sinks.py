@@ -18,7 +18,7 @@ import train
 from analysis.perplexity import bos_windows, evaluate_perplexity
 from analysis.stats import attention_stats, copy_accuracy, first_token_ratio, model_stats
 from helpers import REPO, run_train, workdir
-from model import GPT, GPTConfig
+from model import BLOCKS, GPT, GPTConfig
 
 SEQ_LEN, SEQUENCES = 64, 3000
 
@@ -236,11 +236,14 @@ def chdir_to(path):
     return chdir(path)
 
 
-def test_bos_windows_start_at_bos_and_resume_bit_identically(tmp_path, bb_root):
-    """Training windows are drawn among the BOS positions only; a run stopped and resumed equals a straight one."""
+@pytest.mark.parametrize("block", [[], [*(f"--{k}={v}" for k, v in BLOCKS["llama"].items()), "--dropout=0.1",
+                                        "--attn_dropout=0.2"]], ids=["gpt2", "llama+dropout"])
+def test_bos_windows_start_at_bos_and_resume_bit_identically(tmp_path, bb_root, block):
+    """Training windows are drawn among the BOS positions only; a run stopped and resumed equals a straight one, in
+    GPT-2's block and in LLaMA's with residual and attention dropout."""
     wd = workdir(tmp_path, bb_root)
     args = [str(REPO / "config/sinks.py"), "--n_embd=16", "--batch_size=4", "--eval_interval=10",
-            "--lr_decay_iters=20", "--log_stats=False", "--always_save_checkpoint=True"]
+            "--lr_decay_iters=20", "--log_stats=False", "--always_save_checkpoint=True", *block]
     cfg = train.load_config(args)
     with chdir_to(wd):
         data, meta = train.load_dataset(cfg)
