@@ -103,7 +103,7 @@ class Rotary(nn.Module):
     """RoPE (Su et al. 2021, RoFormer, eq. 34): turns each pair (x_2i, x_2i+1) of a head's q or k by the angle
     t·θ^(-2i/d) of its position t, so that q_t·k_s depends on t − s only. Adjacent channels pair up as in the paper,
     Meta's LLaMA and the Differential Transformer's code (interleaved=True). As in Meta's LLaMA, a pair is a complex
-    number and the turn one complex multiplication (on CPU 5x faster than the same in real arithmetic, fwd+bwd), in
+    number and the turn one complex multiplication (one kernel each way, where real arithmetic takes several), in
     fp32 at least. No parameters; the table e^(i·angle) is computed once in float64 and cached per device and dtype
     (complex64 for fp32/bf16/fp16 q, complex128 for float64)."""
 
