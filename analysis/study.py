@@ -322,9 +322,12 @@ def changed_settings(run_dir, cfg, fingerprint):
     if not (run_dir / CKPT_NAME).exists():
         return {}
     ckpt, defaults = load_checkpoint(run_dir, mmap=True), dataclasses.asdict(TrainConfig())
-    saved = ckpt["config"]
-    changed = {key: (saved.get(key, defaults[key]), value) for key, value in dataclasses.asdict(cfg).items()
-               if key not in UNCHECKED_KEYS and saved.get(key, defaults[key]) != value}
+    saved = {**defaults, **ckpt["config"]}
+    # attn_dropout compared as the value it takes, as train.py's resume does: None (dropout's) = dropout
+    saved["attn_dropout"] = saved["dropout"] if saved["attn_dropout"] is None else saved["attn_dropout"]
+    asked = {**dataclasses.asdict(cfg), "attn_dropout": cfg.attention_dropout}
+    changed = {key: (saved[key], value) for key, value in asked.items()
+               if key not in UNCHECKED_KEYS and saved[key] != value}
     there = (ckpt.get("meta") or {}).get("fingerprint")
     if fingerprint and there != fingerprint:
         changed[f"data/{cfg.dataset} (prepared again since; its fingerprint)"] = (there, fingerprint)

@@ -581,6 +581,22 @@ def test_study_refuses_runs_trained_on_data_prepared_again(tmp_path, trained):
     assert "prepared again since" in message and "--rerun" in message
 
 
+def test_study_reads_a_checkpoint_from_before_attn_dropout_as_dropouts(tmp_path, trained):
+    """A run saved before attn_dropout existed trained its attention with dropout's rate: a study asking for that
+    rate (the CPU presets set attn_dropout = dropout = 0) skips it, one asking for another flags it."""
+    from analysis import study
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "out", run_dir)
+    ckpt = load_checkpoint(run_dir)
+    settings = {k: v for k, v in ckpt["config"].items() if k not in ("vocab_size", "attn_dropout", "dropout")}
+    torch.save({**ckpt, "config": {**settings, "dropout": 0.1}}, run_dir / "ckpt.pt")
+    fingerprint = ckpt["meta"]["fingerprint"]
+    assert study.changed_settings(run_dir, train.TrainConfig(**settings, dropout=0.1, attn_dropout=0.1),
+                                  fingerprint) == {}
+    assert study.changed_settings(run_dir, train.TrainConfig(**settings, dropout=0.1, attn_dropout=0.0),
+                                  fingerprint) == {"attn_dropout": (0.1, 0.0)}
+
+
 def test_study_redoes_evaluations_of_other_settings_or_another_checkpoint(tmp_path, trained):
     """Case 3: a re-run with another --max_tokens kept the old quantization results next to the new ones. An
     evaluation is done only where produced_by names this checkpoint and the settings asked for."""
