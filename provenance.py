@@ -7,9 +7,11 @@ and whatever would resume, combine or score results that differ in more than the
   fingerprints are, whatever their names. A checkpoint keeps its dataset's meta.json, fingerprint included.
 - a run: run_id(ckpt) hashes the model's settings, the training settings that define what it learns (every
   TrainConfig setting but train.py's RESUME_FREE ones) and the data fingerprint.
-- a number in eval.json: the tool that wrote it (analysis.perplexity, analysis.quantize) also writes
-  eval.json["produced_by"][tool] = {"run": run_id, "iter": the checkpoint's iter, "data": fingerprint, and the
-  tool's own settings}, so that a reader can tell a result of this checkpoint, data and settings from a stale one.
+- a number in eval.json: the tool that wrote it (analysis.perplexity, analysis.quantize, analysis.hellaswag,
+  analysis.lm_eval) also writes eval.json["produced_by"][tool] = {"run": run_id, "iter": the checkpoint's iter,
+  "data": the data scored (the prepared data's fingerprint; HellaSwag's file by its git blob id; the fingerprint of
+  lm-eval's task versions), and the tool's own settings}, so that a reader can tell a result of this checkpoint,
+  data and settings from a stale one.
 """
 
 import hashlib

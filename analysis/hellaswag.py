@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from analysis.perplexity import continuation_logprobs, update_json
+from analysis.perplexity import continuation_logprobs, produced_by, update_json
 
 VAL_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/a29ff8e9a04bba4bd6588223785ce105328adc57/"
            "data/hellaswag_val.jsonl")
@@ -163,7 +163,10 @@ def main(argv=None):
     values = score(model, encoded, skipped, ckpt["model_args"]["block_size"], args.batch_size, args.device,
                    progress=True)
     values["iter"] = ckpt["iter_num"]
-    update_json(Path(args.out_dir) / "eval.json", values)
+    # produced_by: this checkpoint, the items file by its git blob id (the data scored) and --limit
+    items = Path(args.data) if args.data else VAL_FILE
+    update_json(Path(args.out_dir) / "eval.json", values,
+                {"hellaswag": produced_by(ckpt, {"fingerprint": git_blob_id(items.read_bytes())}, limit=args.limit)})
     print(json.dumps(values, indent=2))
 
 

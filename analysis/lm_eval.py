@@ -39,7 +39,8 @@ except ImportError:
     raise SystemExit("error: analysis.lm_eval needs lm-eval (EleutherAI's lm-evaluation-harness): "
                      "pip install -r requirements-eval.txt") from None
 
-from analysis.perplexity import continuation_logprobs, update_json
+from analysis.perplexity import continuation_logprobs, produced_by, update_json
+from provenance import fingerprint
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -64,6 +65,8 @@ class AttnormLM(TemplateLM):
             raise ValueError(f"{checkpoint}: the checkpoint has no dataset metadata ('meta'), so its tokenizer is "
                              "unknown: evaluate a checkpoint written by train.py")
         self.meta, self.iter_num = ckpt["meta"], ckpt["iter_num"]
+        # what produced_by reads, without the weights and optimizer state
+        self.checkpoint = {key: ckpt.get(key) for key in ("config", "model_args", "meta", "iter_num")}
         self.encode, self.decode = load_tokenizer(self.meta)
         self.block_size, self.batch_size = ckpt["model_args"]["block_size"], int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -188,7 +191,11 @@ def main(argv=None):
     except (CheckpointError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     values = flatten_results(results) | {"lm_eval_limit": args.limit}
-    update_json(Path(args.out_dir) / "eval.json", values)
+    # produced_by: this checkpoint, the tasks at the versions lm-eval ran (the data scored) and the settings
+    tasks_run = {"fingerprint": fingerprint(results["versions"])}
+    update_json(Path(args.out_dir) / "eval.json", values,
+                {"lm_eval": produced_by(model.checkpoint, tasks_run, tasks=tasks, limit=args.limit,
+                                        num_fewshot=args.num_fewshot)})
     print(json.dumps(values, indent=2))
 
 

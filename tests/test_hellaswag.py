@@ -1,6 +1,7 @@
 """analysis.hellaswag: accuracy by summed and by mean ending loss on hand-made items whose answers are worked out by
 hand; the CLI on a real checkpoint against per-token log-probabilities computed one window at a time; the download
 (never the network: urlopen is replaced) and the errors."""
+import hashlib
 import json
 import math
 import urllib.error
@@ -121,8 +122,12 @@ def test_cli_on_a_checkpoint_matches_window_by_window_scoring(run):
                    for e in i["endings"]]
             right_sum += int(np.argmax([lp.sum() for lp in lps]) == i["label"])
             right_mean += int(np.argmax([lp.mean() for lp in lps]) == i["label"])
+    by = result.pop("produced_by")["hellaswag"]
     assert result == {"hellaswag_acc_sum_loss": right_sum / 12, "hellaswag_acc_mean_loss": right_mean / 12,
                       "hellaswag_items": 12, "hellaswag_skipped": 1, "iter": 7}
+    items = data.read_bytes()  # the file scored, named as git names it
+    assert by["data"] == hashlib.sha1(b"blob " + str(len(items)).encode() + b"\0" + items).hexdigest()
+    assert by["iter"] == 7 and by["limit"] is None and len(by["run"]) > 0
 
 
 def test_continuation_logprobs_match_window_by_window(run):
@@ -227,7 +232,8 @@ def test_training_scores_hellaswag_every_hellaswag_interval(char_data_root, tmp_
     # The last one scored the model the checkpoint holds: the CLI scores it again.
     hellaswag.main([str(wd / "out"), "--data", str(data), "--device", "cpu"])
     result = json.loads((wd / "out" / "eval.json").read_text())
-    assert {k: evals[-1][k] for k in result if k != "iter"} == {k: v for k, v in result.items() if k != "iter"}
+    scores = {k: v for k, v in result.items() if k not in ("iter", "produced_by")}
+    assert {k: evals[-1][k] for k in scores} == scores
     assert result["hellaswag_items"] == 13 and result["hellaswag_skipped"] == 0
 
 

@@ -175,6 +175,8 @@ def test_cli_writes_the_metrics_into_eval_json(run):
     (out_dir / "eval.json").unlink()
     assert {"lm_eval_attnorm_cloze_acc", "lm_eval_attnorm_cloze_perplexity"} <= set(values)
     assert values["lm_eval_attnorm_cloze_samples"] == 2 and values["lm_eval_limit"] == 2
+    by = values["produced_by"]["lm_eval"]
+    assert by["iter"] == 5 and by["tasks"] == ["attnorm_cloze"] and by["limit"] == 2 and by["num_fewshot"] is None
 
 
 def test_unknown_task_is_one_error_line(run, monkeypatch):
