@@ -64,7 +64,7 @@ class AttnormLM(TemplateLM):
         if "meta" not in ckpt:
             raise ValueError(f"{checkpoint}: the checkpoint has no dataset metadata ('meta'), so its tokenizer is "
                              "unknown: evaluate a checkpoint written by train.py")
-        self.meta, self.iter_num = ckpt["meta"], ckpt["iter_num"]
+        self.meta = ckpt["meta"]
         # what produced_by reads, without the weights and optimizer state
         self.checkpoint = {key: ckpt.get(key) for key in ("config", "model_args", "meta", "iter_num")}
         self.encode, self.decode = load_tokenizer(self.meta)
