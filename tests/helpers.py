@@ -426,6 +426,20 @@ def run_train(wd, argv, threads=1):
         train.main(list(argv))
 
 
+def split_and_straight_runs(wd, args, stop, total):
+    """Train to total twice: stopped at stop and resumed (out_dir split), and in one go (out_dir straight); assert
+    the two final checkpoints hold bit-identical weights, and return them (split's, straight's)."""
+    import torch
+    run_train(wd, [*args, f"--max_iters={stop}", "--out_dir=split"])
+    run_train(wd, [*args, f"--max_iters={total}", "--out_dir=split"])  # init_from=auto resumes
+    run_train(wd, [*args, f"--max_iters={total}", "--out_dir=straight"])
+    a, b = (torch.load(Path(wd) / d / "ckpt.pt", weights_only=True) for d in ("split", "straight"))
+    assert a["model"].keys() == b["model"].keys()
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    return a, b
+
+
 def read_metrics(out_dir):
     import json
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]

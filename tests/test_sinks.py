@@ -17,7 +17,7 @@ import prepare_data
 import train
 from analysis.perplexity import bos_windows, evaluate_perplexity
 from analysis.stats import attention_stats, copy_accuracy, first_token_ratio, model_stats
-from helpers import REPO, run_train, workdir
+from helpers import REPO, run_train, split_and_straight_runs, workdir
 from model import BLOCKS, GPT, GPTConfig
 
 SEQ_LEN, SEQUENCES = 64, 3000
@@ -251,12 +251,7 @@ def test_bos_windows_start_at_bos_and_resume_bit_identically(tmp_path, bb_root, 
     offsets = train.sample_offsets(data["train"], 256, torch.Generator().manual_seed(0), cfg.block_size,
                                    starts["train"])
     assert all(data["train"][o] == meta["bos_id"] for o in offsets) and len(set(offsets)) > 200
-    run_train(wd, [*args, "--max_iters=10", "--out_dir=split"])
-    run_train(wd, [*args, "--max_iters=20", "--out_dir=split"])
-    run_train(wd, [*args, "--max_iters=20", "--out_dir=straight"])
-    a, b = (torch.load(wd / d / "ckpt.pt", weights_only=True) for d in ("split", "straight"))
-    for k in b["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    split_and_straight_runs(wd, args, 10, 20)
     # Tiny Shakespeare with a BOS per paragraph may train on random crops, but a run does not switch on resume
     prepare_data.prepare("shakespeare_char", out_dir=bb_root, bos=True)
     char = [*args, "--dataset=shakespeare_char_bos", "--out_dir=char"]

@@ -15,7 +15,7 @@ import torch
 import model
 import prepare_data
 import train
-from helpers import REPO, TINY, read_metrics, run_train, subprocess_env, workdir
+from helpers import REPO, TINY, read_metrics, run_train, split_and_straight_runs, subprocess_env, workdir
 
 
 def prepare_variant(root, name, transform):
@@ -232,12 +232,7 @@ def test_muon_weight_decay_is_decoupled():
 def test_muon_resume_is_bit_identical(tmp_path, char_data_root):
     wd = workdir(tmp_path, char_data_root)
     args = [*TINY, "--optimizer=muon", "--muon_lr=0.01", "--eval_interval=6", "--lr_decay_iters=12"]
-    run_train(wd, [*args, "--max_iters=6", "--out_dir=split"])
-    run_train(wd, [*args, "--max_iters=12", "--out_dir=split"])
-    run_train(wd, [*args, "--max_iters=12", "--out_dir=straight"])
-    a, b = (torch.load(wd / d / "ckpt.pt", weights_only=True) for d in ("split", "straight"))
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    a, _ = split_and_straight_runs(wd, args, 6, 12)
     losses = [[e["loss"] for e in read_metrics(wd / d) if e["event"] == "train" and e["iter"] > 6]
               for d in ("split", "straight")]
     assert losses[0] == losses[1] and len(losses[0]) == 6
