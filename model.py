@@ -102,29 +102,36 @@ def make_norm(config, width):
 class Rotary(nn.Module):
     """RoPE (Su et al. 2021, RoFormer, eq. 34): turns each pair (x_2i, x_2i+1) of a head's q or k by the angle
     t·θ^(-2i/d) of its position t, so that q_t·k_s depends on t − s only. Adjacent channels pair up as in the paper,
-    Meta's LLaMA and the Differential Transformer's code (interleaved=True). As in Meta's LLaMA, a pair is a complex
-    number and the turn one complex multiplication (one kernel each way, where real arithmetic takes several), in
-    fp32 at least. No parameters; the table e^(i·angle) is computed once in float64 and cached per device and dtype
-    (complex64 for fp32/bf16/fp16 q, complex128 for float64)."""
+    Meta's LLaMA and the Differential Transformer's code (interleaved=True). In eager mode, as in Meta's LLaMA, a pair
+    is a complex number and the turn one complex multiplication (one kernel each way, where real arithmetic takes
+    several); under torch.compile the same turn is written in real arithmetic, since inductor has no complex kernels
+    and would run the multiplication alone between its fused ones. In fp32 at least. No parameters; the table of
+    (cos, sin) is computed once in float64 and cached per device and precision (fp32 for fp32/bf16/fp16 q)."""
 
     def __init__(self, head_dim, block_size, theta):
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (block_size, d/2)
-        self.turns = torch.polar(torch.ones_like(angles), angles)
+        self.cos_sin = torch.stack((angles.cos(), angles.sin()), dim=-1)  # (block_size, d/2, 2)
         self.tables = {}
 
     def table(self, T, device, dtype):
-        """The first T positions' e^(i·angle), (T, d/2), complex of dtype's precision (at least fp32)."""
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        if (device, complex_dtype) not in self.tables:
-            self.tables[device, complex_dtype] = self.turns.to(device, complex_dtype)
-        return self.tables[device, complex_dtype][:T]
+        """The first T positions' (cos, sin) of each pair's angle, (T, d/2, 2), in dtype's precision, at least fp32."""
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if (device, table_dtype) not in self.tables:
+            self.tables[device, table_dtype] = self.cos_sin.to(device, table_dtype)
+        return self.tables[device, table_dtype][:T]
 
     def forward(self, x):
         """x (B, heads, T, d) -> each position's pairs turned by its angles, in x's dtype."""
-        pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))
-        return torch.view_as_real(pairs * self.table(x.size(-2), x.device, x.dtype)).flatten(-2).type_as(x)
+        cos_sin = self.table(x.size(-2), x.device, x.dtype)
+        pairs = at_least_fp32(x).unflatten(-1, (-1, 2))
+        if torch.compiler.is_compiling():
+            (a, b), (cos, sin) = pairs.unbind(-1), cos_sin.unbind(-1)
+            turned = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+        else:
+            turned = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(cos_sin))
+        return turned.flatten(-2).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):

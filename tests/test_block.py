@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 import model
 import normalizers
@@ -63,19 +65,44 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_rope_table_cached_per_device_and_dtype():
-    """The table is computed in float64 and cast once per device and precision: float32 and bf16 q share a complex64
-    table (the float64 one rounded, not the cos of a float32 angle), float64 q gets complex128; the output keeps q's
-    dtype."""
+    """The (cos, sin) table is computed in float64 and cast once per device and precision: float32 and bf16 q share
+    a float32 table (the float64 one rounded, not the cos of a float32 angle), float64 q gets float64; the output
+    keeps q's dtype."""
     rotary = model.Rotary(8, 1024, 10000.0)
     t32 = rotary.table(1024, torch.device("cpu"), torch.float32)
     t64 = rotary.table(1024, torch.device("cpu"), torch.float64)
-    assert t32.dtype == torch.complex64 and t64.dtype == torch.complex128
-    assert torch.equal(t32, t64.to(torch.complex64))
+    assert t32.dtype == torch.float32 and t64.dtype == torch.float64
+    assert torch.equal(t32, t64.float())
     angles = np.arange(1024.0)[:, None] * 10000.0 ** (-np.arange(0.0, 8.0, 2.0) / 8)
-    np.testing.assert_allclose(t64.numpy(), np.exp(1j * angles), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(t64.numpy(), np.stack((np.cos(angles), np.sin(angles)), -1), rtol=0, atol=1e-13)
     assert rotary(randn(1, 1, 4, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
     assert rotary.table(3, torch.device("cpu"), torch.bfloat16).data_ptr() == t32.data_ptr()
     assert len(rotary.tables) == 2
+
+
+def test_rope_compiled_has_no_complex_ops_and_matches_the_oracle():
+    """Under torch.compile the rotation is written in real arithmetic (inductor has no complex kernels): the traced
+    graph, forward and backward, holds no complex tensor, and its output and gradient equal the float64 oracle's."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    x = randn(2, 3, 16, 8).requires_grad_()
+    rotary = model.Rotary(8, 16, 500.0)
+    torch.compiler.reset()
+    compiled = torch.compile(rotary, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    out = compiled(x)
+    expected = rope(x.detach().transpose(1, 2).numpy(), 500.0).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=0, atol=1e-12)
+    weights = randn(2, 3, 16, 8, seed=4)
+    (out * weights).sum().backward()  # d/dx of Σ w·R(x) = R⁻¹(w): the turn by minus the angles
+    inverse = rope(weights.transpose(1, 2).numpy(), 500.0, positions=-np.arange(16.0)).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(x.grad.numpy(), inverse, rtol=0, atol=1e-12)
+    assert len(graphs) == 2  # forward and backward
+    values = [node.meta.get("val") for gm in graphs for node in gm.graph.nodes]
+    assert not [v for v in values if isinstance(v, torch.Tensor) and v.is_complex()]
 
 
 @pytest.mark.parametrize("bias", [False, True])
