@@ -162,9 +162,12 @@ def typed(cfg, key, value, source):
     return getattr(scratch, key)
 
 
-def listed(text, study, key, default):
+def listed(text, study, key, default, may_be_empty=False):
     """A study axis: the comma-separated command-line value (STUDY_SETTINGS[key]), else the config file's study
-    setting (a list), else default. An empty value (`--seeds ''`, `a,,b`) is refused, not read as the default."""
+    setting (a list), else default. An empty value (`--seeds ''`, `a,,b`) is refused, not read as the default;
+    where may_be_empty (an axis of extra variants, --gates), `--gates ''` or `study_gates = []` is an empty list."""
+    if may_be_empty and (text == "" or (text is None and study.get(key) in ([], ()))):
+        return []
     if text is not None:
         values, source = text.split(","), f"{STUDY_SETTINGS[key]} {text!r}"
     elif key in study:
@@ -229,7 +232,7 @@ def study_axes(args, study, cfg, overrides):
     for norm in norms:
         if norm not in normalizers.NORMALIZERS:
             raise ConfigError(f"unknown attn_norm {norm!r} in --norms; registered: {', '.join(normalizers.NORMALIZERS)}")
-    gates = list(dict.fromkeys(listed(args.gates, study, "study_gates", [])))
+    gates = list(dict.fromkeys(listed(args.gates, study, "study_gates", [], may_be_empty=True)))
     for gate in gates:
         if gate not in GATES:
             raise ConfigError(f"unknown attn_gate {gate!r} in --gates; registered: {', '.join(GATES)}")
@@ -377,7 +380,8 @@ def main(argv=None):
     p.add_argument("config", nargs="?", help="a train.py config file, e.g. config/study_cpu.py")
     p.add_argument("--norms", help="comma-separated attn_norms (default: every registered normalizer)")
     p.add_argument("--gates", help="comma-separated attn_gates, each one more variant: the baseline (the first "
-                                   "attn_norm) with that gate (default: none)")
+                                   "attn_norm) with that gate (default: the config file's study_gates, else none; "
+                                   "--gates '' for none where the config file lists some)")
     p.add_argument("--optimizers", help="comma-separated optimizers, each variant trained with each (default: the "
                                         "config's optimizer)")
     p.add_argument("--blocks", help=f"comma-separated blocks ({', '.join(BLOCKS)}), each variant trained in each "

@@ -299,12 +299,16 @@ def test_study_axes_default_to_the_registry_and_make_a_typed_grid():
     variants, _, _ = axes({"study_norms": ["softmax"], "study_gates": ["elementwise"], "study_optimizers": ["muon"]})
     assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax+muon", "none", "muon"),
                                                                   ("softmax+elementwise+muon", "elementwise", "muon")]
+    # --gates '' drops the config file's study_gates (study_sinks.py lists every gate); so does study_gates = []
+    for settings, kw in [({"study_gates": ["headwise", "elementwise"]}, dict(gates="")), ({"study_gates": []}, {})]:
+        assert [v.name for v in axes({"study_norms": ["softmax", "symax"], **settings}, **kw)[0]] == ["softmax", "symax"]
     variants, _, _ = axes(norms="softmax", gates="none", overrides=["--attn_gate=headwise", "--optimizer=muon"])
     assert [(v.name, v.gate, v.optimizer) for v in variants] == [("softmax+headwise+muon", "headwise", "muon"),
                                                                   ("softmax+muon", "none", "muon")]
     for bad, words in [(dict(sweep=["n_layer=2,x"]), "n_layer"), (dict(sweep=["seed=1,2"]), "set by the study"),
                        (dict(norms="softmax,nope"), "unknown attn_norm 'nope'"), (dict(seeds="0,a"), "--seeds"),
                        (dict(gates="nope"), "unknown attn_gate 'nope'"), (dict(gates="none"), "already has"),
+                       (dict(gates="headwise,"), "an empty value"), (dict(seeds=""), "an empty value"),
                        (dict(sweep=["optimizer=adamw,muon"]), "--optimizers"),
                        (dict(sweep=["attn_gate=none,headwise"]), "--gates"),
                        (dict(optimizers="muon", overrides=["--optimizer=adamw"]), "both set")]:
