@@ -22,13 +22,19 @@ from pathlib import Path
 
 import torch
 
-from prepare_data import fsync
-
 CKPT_NAME = "ckpt.pt"
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _human(n):
@@ -149,7 +155,7 @@ def save_checkpoint(state, out_dir, keep_last=1):
             f"(or the quota is reached); the partial file was removed and {kept}. Free up space there or use "
             f"another out_dir, then run the same command again") from None
     os.replace(tmp, final)
-    fsync(out_dir)  # the rename itself
+    _fsync_dir(out_dir)
     older = sorted(out_dir.glob("ckpt-*.pt"))  # zero-padded iterations: oldest first
     for old in older[: len(older) - (keep_last - 1)]:
         old.unlink()
